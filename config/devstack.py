@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[str]:
+    warnings.filterwarnings(
+        "ignore", message=".*XDG_RUNTIME_DIR.*"
+    )  # pgserver's lock file falls back to /tmp
     import pgserver
     import psycopg
 
@@ -234,7 +238,8 @@ def _print_welcome() -> None:
     log("the portal is starting:")
     print(
         f"\n  Public site and sign-up:  {base}/\n"
-        f"  Platform admin:           {base}/admin/  ({values.get('PLATFORM_USER')} / {values.get('PLATFORM_PASSWORD')})\n"
+        f"  Platform admin:           {base}/admin/\n"
+        f"    platform staff:         {values.get('PLATFORM_USER')} / {values.get('PLATFORM_PASSWORD')}\n"
         f"  Demo tenant portal:       {values.get('PORTAL_URL')}/\n"
         f"    owner:                  {values.get('DEMO_USER')} / {values.get('DEMO_PASSWORD')}\n"
         f"    compliance officer:     {values.get('OFFICER_USER')} / {values.get('OFFICER_PASSWORD')}\n"

@@ -1,0 +1,108 @@
+"""The test cast, made once per session: tenants A (`alpha`) and B (`bravo`) with real schemas.
+
+Creating a schema runs every tenant migration, so the two tenants are built once, committed, and
+shared; each test still runs in a transaction that is rolled back. In tenant A: alice (owner),
+dave (developer), olivia (compliance officer), victor (viewer). In tenant B: charlie, the outsider,
+who must never see or touch anything of A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from django_tenants.utils import tenant_context
+
+from tests.helpers import PASSWORD, host_of
+
+
+@dataclass
+class Cast:
+    tenant_a: object
+    tenant_b: object
+    alice: object
+    dave: object
+    olivia: object
+    victor: object
+    charlie: object
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Argon2 is deliberately slow; the suite hashes hundreds of passwords.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def _make_tenant(slug: str, name: str, members: dict[str, str]):
+    from apps.accounts.services import user_create
+    from apps.tenants.services import tenant_signup
+
+    owner_name = next(iter(members))
+    result = tenant_signup(
+        name=name, slug=slug, owner_email=f"{owner_name}@{slug}.example", owner_password=PASSWORD
+    )
+    users = {owner_name: result.owner}
+    with tenant_context(result.tenant):
+        for name_, role in list(members.items())[1:]:
+            users[name_] = user_create(
+                actor=result.owner, email=f"{name_}@{slug}.example", password=PASSWORD, role=role
+            )
+    return result.tenant, users
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    from apps.tenants.services import public_tenant_ensure
+
+    with django_db_blocker.unblock():
+        public_tenant_ensure()
+        tenant_a, a = _make_tenant(
+            "alpha",
+            "Alpha Inc",
+            {"alice": "owner", "dave": "developer", "olivia": "compliance_officer", "victor": "viewer"},
+        )
+        tenant_b, b = _make_tenant("bravo", "Bravo Ltd", {"charlie": "owner"})
+    _cast.append(Cast(tenant_a=tenant_a, tenant_b=tenant_b, **a, **b))
+
+
+_cast: list[Cast] = []
+
+
+@pytest.fixture
+def cast(db) -> Cast:
+    return _cast[0]
+
+
+@pytest.fixture(autouse=True)
+def _back_to_public_schema():
+    yield
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def in_tenant_a(cast):
+    with tenant_context(cast.tenant_a):
+        yield cast.tenant_a
+
+
+@pytest.fixture
+def in_tenant_b(cast):
+    with tenant_context(cast.tenant_b):
+        yield cast.tenant_b
+
+
+@pytest.fixture
+def client_a(cast) -> Client:
+    return Client(HTTP_HOST=host_of(cast.tenant_a))
+
+
+@pytest.fixture
+def client_b(cast) -> Client:
+    return Client(HTTP_HOST=host_of(cast.tenant_b))
+
+
+@pytest.fixture
+def public_client(db) -> Client:
+    return Client(HTTP_HOST=settings.PORTAL_DOMAIN)
