@@ -53,10 +53,17 @@ def _make_tenant(slug: str, name: str, members: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
+def django_db_setup(
+    django_test_environment, django_db_blocker, django_db_keepdb, django_db_modify_db_settings
+):
+    """Always build the test database, also for a run whose tests only use committed data
+    (pytest-django would otherwise skip it and let them touch the development database)."""
+    from django.test.utils import setup_databases, teardown_databases
+
     from apps.tenants.services import public_tenant_ensure
 
     with django_db_blocker.unblock():
+        db_cfg = setup_databases(verbosity=0, interactive=False, keepdb=django_db_keepdb, aliases={"default"})
         public_tenant_ensure()
         tenant_a, a = _make_tenant(
             "alpha",
@@ -65,6 +72,10 @@ def django_db_setup(django_db_setup, django_db_blocker):
         )
         tenant_b, b = _make_tenant("bravo", "Bravo Ltd", {"charlie": "owner"})
     _cast.append(Cast(tenant_a=tenant_a, tenant_b=tenant_b, **a, **b))
+    yield
+    with django_db_blocker.unblock():
+        connection.set_schema_to_public()
+        teardown_databases(db_cfg, verbosity=0)
 
 
 _cast: list[Cast] = []
