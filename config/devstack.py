@@ -207,7 +207,7 @@ def run_portal() -> int:
                     "-l",
                     "INFO",
                     "-Q",
-                    "default",
+                    os.environ.get("CELERY_DEFAULT_QUEUE", "default"),
                     "--concurrency",
                     os.environ.get("WORKER_CONCURRENCY", "2"),
                 ],

@@ -69,6 +69,7 @@ def test_every_environment_variable_is_documented_in_the_readme():
         text = source.read_text()
         names |= set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', text))
         names |= set(re.findall(r'os\.environ(?:\.get)?[\(\[]"([A-Z_]+)"', text))
+        names |= set(re.findall(r'_required_url\("([A-Z_]+)"', text))
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
     assert names, "no variables found: the pattern above is out of date"

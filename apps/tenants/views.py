@@ -24,7 +24,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             owner_password=form.cleaned_data["password"],
         )
         return render(request, "tenants/signup_done.html", {"result": result})
-    return render(request, "tenants/signup.html", {"form": form})
+    return render(request, "tenants/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
 class TenantNotFoundView(View):

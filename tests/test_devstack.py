@@ -1,0 +1,113 @@
+"""`make run` end to end: embedded services, demo tenant, a scripted login, and Ctrl-C leaves nothing."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _processes_using(path: Path) -> list[int]:
+    pids = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(path) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            pids.append(process.pid)
+    return pids
+
+
+@pytest.fixture
+def var_dir():
+    path = ROOT / "var" / f"run-{uuid.uuid4().hex[:6]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        VAR_DIR=str(var_dir),
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        PORTAL_BASE_URL=f"http://localhost:{port}",
+        WEB_CONCURRENCY="2",
+        WORKER_CONCURRENCY="1",
+        CELERY_BEAT_SCHEDULE=str(var_dir / "celerybeat-schedule"),
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "config.devstack", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base, host = f"http://127.0.0.1:{port}", {"Host": f"demo.localhost:{port}"}
+    try:
+        deadline = time.monotonic() + 240
+        status = None
+        while time.monotonic() < deadline and launcher.poll() is None:
+            try:
+                status = requests.get(f"{base}/login/", headers=host, timeout=5).status_code
+            except requests.ConnectionError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.5)
+        assert status == 200, "the demo tenant's login page never answered"
+
+        demo = dict(
+            line.split("=", 1) for line in (var_dir / "demo.env").read_text().splitlines() if "=" in line
+        )
+        assert demo["PORTAL_URL"] == f"http://demo.localhost:{port}"
+        session = requests.Session()
+        page = session.get(f"{base}/login/", headers=host, timeout=10)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        login = session.post(
+            f"{base}/login/",
+            headers=host,
+            data={
+                "username": demo["DEMO_USER"],
+                "password": demo["DEMO_PASSWORD"],
+                "csrfmiddlewaretoken": token,
+            },
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert login.status_code == 302
+        dashboard = session.get(f"{base}/", headers=host, timeout=10)
+        assert "Demo Corp" in dashboard.text
+
+        started = [child.pid for child in psutil.Process(launcher.pid).children(recursive=True)]
+        started += _processes_using(var_dir)
+        assert len(started) >= 4  # web master, worker, beat, redis, postgres at least
+    finally:
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(launcher.pid, signal.SIGINT)
+        output, _ = launcher.communicate(timeout=90)
+    assert launcher.returncode == 0, output[-3000:]
+    time.sleep(1)
+    assert [pid for pid in started if _alive(pid)] == []
+    assert _processes_using(var_dir) == []
+    assert "stopping embedded PostgreSQL" in output
