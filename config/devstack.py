@@ -186,7 +186,6 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 def run_portal() -> int:
     """Everything `make run` promises: services, schema, demo data, web, worker, beat."""
     os.environ.setdefault("DEBUG", "1")
-    children: dict[str, subprocess.Popen] = {}
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
@@ -195,40 +194,59 @@ def run_portal() -> int:
             if os.environ["DEBUG"] in ("0", "false", "False"):
                 manage("collectstatic", "--noinput", "-v", "0")
             manage("seed_demo")
-            commands = {
-                "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
-                "worker": [
-                    PYTHON,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-l",
-                    "INFO",
-                    "-Q",
-                    os.environ.get("CELERY_DEFAULT_QUEUE", "default"),
-                    "--concurrency",
-                    os.environ.get("WORKER_CONCURRENCY", "2"),
-                ],
-                "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "INFO"],
-            }
-            for name, command in commands.items():
-                children[name] = subprocess.Popen(command, cwd=BASE_DIR, start_new_session=True)
-            _print_welcome()
-            while True:
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        log(f"{name} exited with {child.returncode}; stopping everything")
-                        return 1
-                time.sleep(0.5)
+            return _supervise(_portal_commands())
+    except (_Interrupted, KeyboardInterrupt):
+        return 0
+    except subprocess.CalledProcessError as error:
+        log(f"start-up step failed: {' '.join(error.cmd[1:])} (exit {error.returncode})")
+        return 1
+
+
+def _portal_commands() -> dict[str, list[str]]:
+    queue = os.environ.get("CELERY_DEFAULT_QUEUE", "default")
+    concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
+    return {
+        "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
+        "worker": [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-l",
+            "INFO",
+            "-Q",
+            queue,
+            "-c",
+            concurrency,
+        ],
+        "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "INFO"],
+    }
+
+
+def _supervise(commands: dict[str, list[str]]) -> int:
+    """Run the children until one dies or we are interrupted; always stop them before the services."""
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in commands.items():
+            children[name] = subprocess.Popen(command, cwd=BASE_DIR, start_new_session=True)
+        _print_welcome()
+        while True:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    log(f"{name} exited with {child.returncode}; stopping everything")
+                    return 1
+            time.sleep(0.5)
     except (_Interrupted, KeyboardInterrupt):
         log("interrupted; stopping")
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in children.values():
             _stop(child)
+        log(f"stopped {', '.join(children) or 'nothing'}")
 
 
 def _print_welcome() -> None:

@@ -110,4 +110,6 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
     time.sleep(1)
     assert [pid for pid in started if _alive(pid)] == []
     assert _processes_using(var_dir) == []
-    assert "stopping embedded PostgreSQL" in output
+    # Web, worker and beat go first; the database and Redis they use go last.
+    assert output.index("stopped web, worker, beat") < output.index("stopping embedded Redis")
+    assert output.index("stopping embedded Redis") < output.index("stopping embedded PostgreSQL")
