@@ -70,9 +70,7 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[str]:
-    warnings.filterwarnings(
-        "ignore", message=".*XDG_RUNTIME_DIR.*"
-    )  # pgserver's lock file falls back to /tmp
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # pgserver's lock file falls back to /tmp
     import pgserver
     import psycopg
 
@@ -261,6 +259,8 @@ def _print_welcome() -> None:
         f"  Demo tenant portal:       {values.get('PORTAL_URL')}/\n"
         f"    owner:                  {values.get('DEMO_USER')} / {values.get('DEMO_PASSWORD')}\n"
         f"    compliance officer:     {values.get('OFFICER_USER')} / {values.get('OFFICER_PASSWORD')}\n"
+        f"  Demo API key:             {values.get('DEMO_API_KEY')}  (scopes inference, models:read)\n"
+        f"    try: curl -H 'Authorization: Bearer {values.get('DEMO_API_KEY')}' {values.get('PORTAL_URL')}/api/v1/me\n"
         f"  Demo values for scripts:  {demo_env}\n"
         f"  Stop with Ctrl-C.\n",
         flush=True,

@@ -74,6 +74,9 @@ SHARED_APPS = [
     "django.contrib.messages",
     "django.contrib.admin",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "apps.accounts",
     "auditlog",
     "axes",
@@ -86,12 +89,16 @@ TENANT_APPS = [
     "apps.accounts",
     "auditlog",
     "axes",
+    "apps.apikeys",
+    "apps.compliance",
+    "apps.api",
     "apps.portal",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
 MIDDLEWARE = [
-    "django_tenants.middleware.main.TenantMainMiddleware",
+    "apps.api.middleware.RequestIdMiddleware",
+    "apps.tenants.middleware.CachedTenantMiddleware",
     "apps.tenants.middleware.TenantStatusMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -103,6 +110,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "axes.middleware.AxesMiddleware",
+    "apps.api.middleware.ApiErrorMiddleware",
 ]
 
 TEMPLATES = [
@@ -176,6 +184,55 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
+# --- API keys and the REST API ----------------------------------------------------------------
+
+
+def _api_key_pepper() -> str:
+    """The server-side secret mixed into every key hash; a database leak alone cannot verify keys."""
+    pepper = env.str("API_KEY_PEPPER", default="")
+    if not pepper and not DEBUG:
+        raise ImproperlyConfigured("API_KEY_PEPPER must be set when DEBUG=0 (32+ random characters).")
+    if pepper and len(pepper) < 32 and not DEBUG:
+        raise ImproperlyConfigured("API_KEY_PEPPER is too short: use at least 32 random characters.")
+    return pepper or f"dev-pepper:{SECRET_KEY}"
+
+
+API_KEY_PEPPER = _api_key_pepper()
+API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=300)
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.apikeys.authentication.ApiKeyAuthentication",
+        "apps.api.authentication.PortalSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "apps.apikeys.permissions.HasScopes",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["apps.apikeys.throttling.RateLimitThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["apps.api.parsers.BoundedJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "apps.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AI PaaS Portal API",
+    "DESCRIPTION": "Keys, models, inference and compliance for one tenant. Authenticate with "
+    "`Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
 # --- Security (strict by default whenever DEBUG is off) ----------------------------------------
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -226,13 +283,19 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=3600)
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE_FILENAME = str(
-    env.path("CELERY_BEAT_SCHEDULE", default=BASE_DIR / "var" / "celerybeat-schedule")
-)
+CELERY_BEAT_SCHEDULE_FILENAME = str(env.path("CELERY_BEAT_SCHEDULE", default=BASE_DIR / "var" / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
     "clear-expired-sessions": {
         "task": "apps.tenants.tasks.clear_expired_sessions_everywhere",
         "schedule": 3600.0,
+    },
+    "flush-access-events": {
+        "task": "apps.compliance.tasks.flush_access_events_everywhere",
+        "schedule": 10.0,
+    },
+    "record-keys-last-used": {
+        "task": "apps.apikeys.tasks.record_keys_last_used_everywhere",
+        "schedule": 60.0,
     },
 }
 

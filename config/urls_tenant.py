@@ -3,7 +3,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+handler404 = "apps.api.views.not_found"
+handler500 = "apps.api.views.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include("apps.api.urls")),
     path("", include("apps.portal.urls")),
 ]

@@ -41,7 +41,11 @@ def _make_tenant(slug: str, name: str, members: dict[str, str]):
 
     owner_name = next(iter(members))
     result = tenant_signup(
-        name=name, slug=slug, owner_email=f"{owner_name}@{slug}.example", owner_password=PASSWORD
+        name=name,
+        slug=slug,
+        owner_email=f"{owner_name}@{slug}.example",
+        owner_password=PASSWORD,
+        plan="enterprise",
     )
     users = {owner_name: result.owner}
     with tenant_context(result.tenant):
@@ -53,9 +57,7 @@ def _make_tenant(slug: str, name: str, members: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(
-    django_test_environment, django_db_blocker, django_db_keepdb, django_db_modify_db_settings
-):
+def django_db_setup(django_test_environment, django_db_blocker, django_db_keepdb, django_db_modify_db_settings):
     """Always build the test database, also for a run whose tests only use committed data
     (pytest-django would otherwise skip it and let them touch the development database)."""
     from django.test.utils import setup_databases, teardown_databases
@@ -90,6 +92,19 @@ def cast(db) -> Cast:
 def _back_to_public_schema():
     yield
     connection.set_schema_to_public()
+
+
+@pytest.fixture(autouse=True)
+def _forget_redis_state():
+    """Redis is not rolled back with the test transaction: drop the caches and counters tests leave."""
+    yield
+    from config.redis import get_redis
+
+    client = get_redis()
+    for pattern in ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 @pytest.fixture

@@ -120,9 +120,7 @@ def test_sending_a_tenant_task_from_public_is_refused(committed):
 
 
 def test_worker_refuses_a_tenant_task_that_arrives_without_a_tenant(worker, committed):
-    result = celery_app.send_task(
-        "apps.accounts.tasks.clear_expired_sessions", headers={"_schema_name": "public"}
-    )
+    result = celery_app.send_task("apps.accounts.tasks.clear_expired_sessions", headers={"_schema_name": "public"})
     with pytest.raises(TenantContextMissing):
         result.get(timeout=60)
 

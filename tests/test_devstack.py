@@ -77,9 +77,7 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
             time.sleep(0.5)
         assert status == 200, "the demo tenant's login page never answered"
 
-        demo = dict(
-            line.split("=", 1) for line in (var_dir / "demo.env").read_text().splitlines() if "=" in line
-        )
+        demo = dict(line.split("=", 1) for line in (var_dir / "demo.env").read_text().splitlines() if "=" in line)
         assert demo["PORTAL_URL"] == f"http://demo.localhost:{port}"
         session = requests.Session()
         page = session.get(f"{base}/login/", headers=host, timeout=10)

@@ -38,6 +38,7 @@ READ_PATTERNS = (
 )
 SOURCES_READ = (ROOT / "config" / "settings.py", ROOT / "config" / "gunicorn.conf.py")
 TEST_SECRET = "k3J9-q8Zr2mVx7Lp1Tn6Wb4Yc0Hd5Gf8Rs2Qe9Uo3Ia7Kj1Ml6Np4Bv0Cx5Zw_"
+TEST_PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuv"
 WEB_ENTRY = ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"]
 
 
@@ -98,7 +99,10 @@ def mlflow_server_argv(service: dict) -> list[str]:
 
 def django_settings(service: dict, *names: str) -> dict:
     """Settings as Django loads them in a service's container environment."""
-    env = {"PATH": os.environ["PATH"], **rendered_env(service, SECRET_KEY=TEST_SECRET)}
+    env = {
+        "PATH": os.environ["PATH"],
+        **rendered_env(service, SECRET_KEY=TEST_SECRET, API_KEY_PEPPER=TEST_PEPPER),
+    }
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     code = (
         "import json, django; django.setup(); from django.conf import settings; "
@@ -151,11 +155,13 @@ def test_app_environment_is_production_and_needs_a_real_secret(services):
     assert env["GUNICORN_BIND"] == "0.0.0.0:8000"
     with pytest.raises(KeyError, match="SECRET_KEY"):
         rendered_env(services["web"])
-    assert rendered_env(services["web"], SECRET_KEY=TEST_SECRET)["SECRET_KEY"] == TEST_SECRET
+    assert (
+        rendered_env(services["web"], SECRET_KEY=TEST_SECRET, API_KEY_PEPPER=TEST_PEPPER)["SECRET_KEY"] == TEST_SECRET
+    )
 
 
 def test_database_and_redis_urls_point_at_the_compose_services(services):
-    env = rendered_env(services["web"], SECRET_KEY=TEST_SECRET)
+    env = rendered_env(services["web"], SECRET_KEY=TEST_SECRET, API_KEY_PEPPER=TEST_PEPPER)
     database = urlparse(env["DATABASE_URL"])
     postgres_env = services["postgres"]["environment"]
     assert database.hostname == "postgres"
@@ -463,9 +469,7 @@ def test_build_time_settings_are_dummies_scoped_to_collectstatic(final, tmp_path
     assert not assignments["SECRET_KEY"].startswith("django-insecure")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **assignments}
     env["STATIC_ROOT"] = str(tmp_path / "static")
-    result = subprocess.run(
-        [sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "static" / "staticfiles.json").is_file()
 
@@ -526,7 +530,10 @@ def test_each_command_names_code_that_is_in_the_image_and_loads(name, services, 
     for relative in files:
         assert (ROOT / relative).is_file(), relative
         assert image_path(final, relative) == f"/app/{relative}", f"{relative} is not copied to /app"
-    env = {"PATH": os.environ["PATH"], **rendered_env(services[name], SECRET_KEY=TEST_SECRET)}
+    env = {
+        "PATH": os.environ["PATH"],
+        **rendered_env(services[name], SECRET_KEY=TEST_SECRET, API_KEY_PEPPER=TEST_PEPPER),
+    }
     env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -39,6 +39,12 @@ def test_production_refuses_an_insecure_secret_key(weak):
     assert "SECRET_KEY is insecure" in result.stderr
 
 
+def test_production_refuses_to_start_without_a_key_pepper():
+    result = run_django("pass", DEBUG="0", SECRET_KEY=REAL_SECRET, API_KEY_PEPPER=None)
+    assert result.returncode != 0
+    assert "API_KEY_PEPPER must be set when DEBUG=0" in result.stderr
+
+
 def test_debug_flag_is_parsed_strictly():
     result = run_django("pass", DEBUG="maybe", DJANGO_SETTINGS_MODULE="config.settings")
     assert result.returncode != 0
@@ -48,7 +54,7 @@ def test_check_deploy_is_clean_in_production():
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
-        env={**os.environ, "DEBUG": "0", "SECRET_KEY": REAL_SECRET},
+        env={**os.environ, "DEBUG": "0", "SECRET_KEY": REAL_SECRET, "API_KEY_PEPPER": REAL_SECRET[::-1]},
         capture_output=True,
         text=True,
         timeout=60,

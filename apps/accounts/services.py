@@ -48,9 +48,7 @@ def _role_apply(user: User, role: Role) -> None:
     user.groups.set([Group.objects.get(name=role.value)])
 
 
-def user_create(
-    *, actor: User | None, email: str, password: str | None, role: str, full_name: str = ""
-) -> User:
+def user_create(*, actor: User | None, email: str, password: str | None, role: str, full_name: str = "") -> User:
     """Create a member with one role. `password=None` leaves it unusable until an invitation is accepted."""
     role = Role(role)
     _require_member_manager(actor)
@@ -87,6 +85,7 @@ def member_change_role(*, actor: User, member: User, role: str) -> User:
         if user_role(member) == Role.OWNER and role != Role.OWNER and active_owner_count() <= 1:
             raise MemberActionRefused("A tenant keeps at least one active owner.", code="last_owner")
         _role_apply(member, role)
+    _forget_keys_of(member)
     return member
 
 
@@ -102,4 +101,12 @@ def member_set_active(*, actor: User, member: User, active: bool) -> User:
                 raise MemberActionRefused("A tenant keeps at least one active owner.", code="last_owner")
         member.is_active = active
         member.save(update_fields=["is_active"])
+    _forget_keys_of(member)
     return member
+
+
+def _forget_keys_of(member: User) -> None:
+    """Keys carry their owner's state in the auth cache; a deactivation or new role must be seen at once."""
+    from apps.apikeys.services import apikeys_forget_owner
+
+    apikeys_forget_owner(owner=member)

@@ -56,9 +56,7 @@ def members(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Invited {member.email}. Invitation link (also emailed): {link}")
                 return redirect("members")
     context = {"rows": rows, "form": form, "can_manage": can_manage, "role_form": RoleForm()}
-    return render(
-        request, "portal/members.html", context, status=400 if form is not None and form.errors else 200
-    )
+    return render(request, "portal/members.html", context, status=400 if form is not None and form.errors else 200)
 
 
 @require_POST

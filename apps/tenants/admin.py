@@ -33,14 +33,10 @@ class TenantAdmin(admin.ModelAdmin):
         return connection.schema_name == get_public_schema_name() and super().has_module_permission(request)
 
     def has_view_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
-        return connection.schema_name == get_public_schema_name() and super().has_view_permission(
-            request, obj
-        )
+        return connection.schema_name == get_public_schema_name() and super().has_view_permission(request, obj)
 
     def has_change_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
-        return connection.schema_name == get_public_schema_name() and super().has_change_permission(
-            request, obj
-        )
+        return connection.schema_name == get_public_schema_name() and super().has_change_permission(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # tenants come from sign-up, which creates the schema and the owner together

@@ -1,15 +1,29 @@
-"""Refuse every request to a suspended tenant, before sessions or views run."""
+"""Tenant routing by host (cached) and refusal of suspended tenants, before sessions or views run."""
 
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django_tenants.middleware.main import TenantMainMiddleware
+
+from apps.tenants.selectors import tenant_for_host
 
 API_PREFIXES = ("/api/", "/v1/")
 
 
 def wants_json(request: HttpRequest) -> bool:
     return request.path.startswith(API_PREFIXES)
+
+
+class CachedTenantMiddleware(TenantMainMiddleware):
+    """django-tenants' routing, with the host -> tenant lookup served from Redis (invalidated on change),
+    so the hot path does not query the public schema on every request."""
+
+    def get_tenant(self, domain_model, hostname: str):
+        tenant = tenant_for_host(hostname)
+        if tenant is None:
+            raise domain_model.DoesNotExist(hostname)
+        return tenant
 
 
 class TenantStatusMiddleware:

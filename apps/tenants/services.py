@@ -33,9 +33,7 @@ def tenant_url(tenant: Tenant, path: str = "/") -> str:
 
 def tenant_slug_validate(slug: str) -> None:
     if not SLUG_RE.match(slug):
-        raise ValidationError(
-            "Use 3 to 30 lowercase letters and digits, starting with a letter.", code="invalid_slug"
-        )
+        raise ValidationError("Use 3 to 30 lowercase letters and digits, starting with a letter.", code="invalid_slug")
     if slug in settings.RESERVED_TENANT_SLUGS or slug.startswith("pg"):
         raise ValidationError("This name is reserved.", code="reserved_slug")
     if Tenant.objects.filter(schema_name=slug).exists():
@@ -49,15 +47,11 @@ def public_tenant_ensure() -> Tenant:
             schema_name=get_public_schema_name(),
             defaults={"name": "Platform", "plan": Tenant.Plan.ENTERPRISE},
         )
-        Domain.objects.get_or_create(
-            domain=settings.PORTAL_DOMAIN, defaults={"tenant": tenant, "is_primary": True}
-        )
+        Domain.objects.get_or_create(domain=settings.PORTAL_DOMAIN, defaults={"tenant": tenant, "is_primary": True})
     return tenant
 
 
-def tenant_signup(
-    *, name: str, slug: str, owner_email: str, owner_password: str, plan: str = Tenant.Plan.FREE
-):
+def tenant_signup(*, name: str, slug: str, owner_email: str, owner_password: str, plan: str = Tenant.Plan.FREE):
     """Create a tenant, its schema (migrated), its domain and its owner.
 
     Schema creation runs DDL and migrations outside any transaction, so a failure after it
@@ -71,9 +65,7 @@ def tenant_signup(
         tenant.save(verbosity=0)
         try:
             with transaction.atomic():
-                Domain.objects.create(
-                    domain=f"{slug}.{settings.PORTAL_DOMAIN}", tenant=tenant, is_primary=True
-                )
+                Domain.objects.create(domain=f"{slug}.{settings.PORTAL_DOMAIN}", tenant=tenant, is_primary=True)
             with tenant_context(tenant):
                 owner = user_create(actor=None, email=owner_email, password=owner_password, role="owner")
         except Exception:

@@ -11,9 +11,7 @@ def clear_expired_sessions_everywhere() -> int:
     """Beat entry point: each tenant's sessions are cleared by a task running in that tenant's schema."""
     from apps.accounts.tasks import clear_expired_sessions
 
-    schemas = list(
-        Tenant.objects.exclude(schema_name=get_public_schema_name()).values_list("schema_name", flat=True)
-    )
+    schemas = list(Tenant.objects.exclude(schema_name=get_public_schema_name()).values_list("schema_name", flat=True))
     for schema in schemas:
         with schema_context(schema):
             clear_expired_sessions.delay()

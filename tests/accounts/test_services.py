@@ -59,9 +59,7 @@ def test_invite_refuses_a_duplicate_email(cast, in_tenant_a):
 
 
 def test_same_email_in_another_tenant_is_another_person(cast, in_tenant_b):
-    member = services.user_create(
-        actor=cast.charlie, email="dave@alpha.example", password=None, role="viewer"
-    )
+    member = services.user_create(actor=cast.charlie, email="dave@alpha.example", password=None, role="viewer")
     assert member.pk is not None
     with tenant_context(cast.tenant_a):
         assert user_role(User.objects.get(email="dave@alpha.example")) == Role.DEVELOPER
@@ -104,13 +102,9 @@ def test_deactivation_is_audited(cast, in_tenant_a):
 def test_audit_entries_stay_in_the_tenant_schema(cast, in_tenant_a):
     services.member_change_role(actor=cast.alice, member=cast.victor, role="developer")
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM bravo.auditlog_logentry WHERE object_repr = %s", ["victor@alpha.example"]
-        )
+        cursor.execute("SELECT count(*) FROM bravo.auditlog_logentry WHERE object_repr = %s", ["victor@alpha.example"])
         assert cursor.fetchone()[0] == 0
-        cursor.execute(
-            "SELECT count(*) FROM public.auditlog_logentry WHERE object_repr = %s", ["victor@alpha.example"]
-        )
+        cursor.execute("SELECT count(*) FROM public.auditlog_logentry WHERE object_repr = %s", ["victor@alpha.example"])
         assert cursor.fetchone()[0] == 0
 
 

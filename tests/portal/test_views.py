@@ -33,9 +33,7 @@ def test_owner_invites_a_member_who_accepts_and_logs_in(
 ):
     login(client_a, cast.alice)
     with django_capture_on_commit_callbacks(execute=False):
-        response = client_a.post(
-            "/members/", {"email": "ivy@alpha.example", "role": "developer"}, follow=True
-        )
+        response = client_a.post("/members/", {"email": "ivy@alpha.example", "role": "developer"}, follow=True)
     assert response.status_code == 200
     assert b"Invited ivy@alpha.example" in response.content
     link = re.search(rb"(/invitation/[^/]+/[^/]+/)", response.content).group(1).decode()
@@ -43,9 +41,7 @@ def test_owner_invites_a_member_who_accepts_and_logs_in(
     invitee = Client(HTTP_HOST=host_of(cast.tenant_a))
     form = invitee.get(link, follow=True)
     assert b"Choose a password" in form.content
-    accepted = invitee.post(
-        form.redirect_chain[-1][0], {"new_password1": PASSWORD, "new_password2": PASSWORD}
-    )
+    accepted = invitee.post(form.redirect_chain[-1][0], {"new_password1": PASSWORD, "new_password2": PASSWORD})
     assert accepted.status_code == 302
     assert invitee.post("/login/", {"username": "ivy@alpha.example", "password": PASSWORD}).status_code == 302
     assert invitee.get(link, follow=True).context["validlink"] is False  # one use only

@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 
 from apps.tenants.models import Tenant
+from apps.tenants.services import tenant_set_status
 from tests.helpers import host_of
 
 
@@ -44,8 +45,7 @@ def test_host_outside_the_portal_domain_is_not_found(db):
 
 @pytest.fixture
 def suspended_a(cast):
-    Tenant.objects.filter(pk=cast.tenant_a.pk).update(status=Tenant.Status.SUSPENDED)
-    return cast.tenant_a
+    return tenant_set_status(actor=None, tenant=cast.tenant_a, status=Tenant.Status.SUSPENDED)
 
 
 def test_suspended_tenant_gets_a_clear_403_page(suspended_a):

@@ -11,6 +11,9 @@ from django_tenants.utils import get_public_schema_name, schema_context, tenant_
 from apps.accounts.models import User
 from apps.accounts.roles import Role
 from apps.accounts.services import user_create
+from apps.apikeys.models import ApiKey, Scope
+from apps.apikeys.secrets import key_matches, key_parse
+from apps.apikeys.services import apikey_create
 from apps.tenants.models import Tenant
 from apps.tenants.services import public_tenant_ensure, tenant_signup, tenant_url
 
@@ -43,8 +46,9 @@ class Command(BaseCommand):
                 plan=Tenant.Plan.TEAM,
             ).tenant
         with tenant_context(tenant):
-            _user_ensure(OWNER_EMAIL, passwords["DEMO_PASSWORD"], role=Role.OWNER)
+            owner = _user_ensure(OWNER_EMAIL, passwords["DEMO_PASSWORD"], role=Role.OWNER)
             _user_ensure(OFFICER_EMAIL, passwords["OFFICER_PASSWORD"], role=Role.COMPLIANCE_OFFICER)
+            values["DEMO_API_KEY"] = _demo_key_ensure(owner, values.get("DEMO_API_KEY", ""))
         values.update(
             PORTAL_URL=tenant_url(tenant).rstrip("/"),
             DEMO_USER=OWNER_EMAIL,
@@ -64,7 +68,18 @@ def _read_env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def _user_ensure(email: str, password: str, *, role: Role | None = None, superuser: bool = False) -> None:
+def _demo_key_ensure(owner: User, known: str) -> str:
+    """Reuse the key from demo.env while it still works; a secret cannot be read back, so else make one."""
+    parts = key_parse(known)
+    if parts is not None:
+        key = ApiKey.objects.filter(prefix=parts.prefix, revoked_at__isnull=True).first()
+        if key is not None and key_matches(parts.full, key.secret_hash):
+            return known
+    _, secret = apikey_create(actor=owner, name="demo key", scopes=[Scope.INFERENCE, Scope.MODELS_READ])
+    return secret
+
+
+def _user_ensure(email: str, password: str, *, role: Role | None = None, superuser: bool = False) -> User:
     """Keep the printed password true even if someone changed it in the demo."""
     user = User.objects.filter(email=email).first()
     if user is None:
@@ -75,3 +90,4 @@ def _user_ensure(email: str, password: str, *, role: Role | None = None, superus
     if not user.check_password(password):
         user.set_password(password)
         user.save(update_fields=["password"])
+    return user

@@ -1,0 +1,30 @@
+from rest_framework.permissions import BasePermission
+
+from apps.api.client_ip import client_ip
+from apps.apikeys.authentication import KeyPrincipal
+from apps.compliance.services import access_event_record
+
+
+class HasScopes(BasePermission):
+    """A key must carry every scope the view names in `required_scopes`; portal sessions are judged by role."""
+
+    message = "This API key lacks a required scope."
+    code = "missing_scope"
+
+    def has_permission(self, request, view) -> bool:
+        required = getattr(view, "required_scopes", ())
+        if not isinstance(request.auth, KeyPrincipal) or set(required) <= set(request.auth.scopes):
+            return True
+        missing = sorted(set(required) - set(request.auth.scopes))
+        self.message = f"This API key lacks the scope {', '.join(missing)}."
+        access_event_record(
+            reason="forbidden_scope",
+            method=request.method,
+            path=request.path,
+            client_ip=client_ip(request),
+            key_prefix=request.auth.prefix,
+            user_id=request.user.pk,
+            request_id=getattr(request._request, "request_id", ""),
+            detail=f"missing {', '.join(missing)}",
+        )
+        return False
