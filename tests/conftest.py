@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import tenant_context
 
-from tests.helpers import PASSWORD, host_of
+from tests.helpers import PASSWORD, host_of, start_portal_server
 
 
 @dataclass
@@ -132,3 +132,10 @@ def client_b(cast) -> Client:
 @pytest.fixture
 def public_client(db) -> Client:
     return Client(HTTP_HOST=settings.PORTAL_DOMAIN)
+
+
+@pytest.fixture(scope="session")
+def live_portal(django_db_setup):
+    """A real gunicorn (4 workers) serving the test database; yields its base URL on `localhost`."""
+    with start_portal_server(workers=4) as base:
+        yield base

@@ -1,9 +1,18 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
+import requests
 from django.conf import settings
 from django.test import Client
 
@@ -31,3 +40,49 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def start_portal_server(*, workers: int = 2) -> Iterator[str]:
+    """gunicorn on a free port against the test database; tasks it sends go to a throwaway queue."""
+    port = free_port()
+    queue = f"live-test-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_tests(),
+        "DEBUG": "1",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "PORTAL_BASE_URL": f"http://localhost:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "CELERY_DEFAULT_QUEUE": queue,
+        "GUNICORN_ACCESS_LOG": "",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"localhost:{port}"}, timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        yield f"http://localhost:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+        redis.Redis.from_url(os.environ["REDIS_URL"]).delete(queue)
+
+
+def live_get(base: str, host: str, path: str, **kwargs) -> requests.Response:
+    """A request to the live server for tenant host `host` (Python cannot resolve *.localhost by itself)."""
+    port = urlsplit(base).port
+    headers = {"Host": f"{host}:{port}", **kwargs.pop("headers", {})}
+    method = kwargs.pop("method", "GET")
+    return requests.request(method, f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30, **kwargs)

@@ -96,6 +96,11 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         assert login.status_code == 302
         dashboard = session.get(f"{base}/", headers=host, timeout=10)
         assert "Demo Corp" in dashboard.text
+        me = requests.get(
+            f"{base}/api/v1/me", headers={**host, "Authorization": f"Bearer {demo['DEMO_API_KEY']}"}, timeout=10
+        )
+        assert me.status_code == 200
+        assert sorted(me.json()["key"]["scopes"]) == ["inference", "models:read"]
 
         started = [child.pid for child in psutil.Process(launcher.pid).children(recursive=True)]
         started += _processes_using(var_dir)

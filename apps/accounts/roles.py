@@ -47,5 +47,8 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
     ],
 }
 
+# Roles whose members may hold API keys; a key whose owner leaves these roles stops working.
+KEY_HOLDING_ROLES = frozenset({Role.OWNER, Role.DEVELOPER})
+
 # Roles that may open the tenant's Django admin (read-only for officers, by their permissions).
 STAFF_ROLES = frozenset({Role.OWNER, Role.COMPLIANCE_OFFICER})

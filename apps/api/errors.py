@@ -98,10 +98,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
         extra["fields"] = fields
     elif isinstance(exc, exceptions.APIException):
-        status_code, code = next(
-            (value for kind, value in _CODES.items() if isinstance(exc, kind)),
-            (exc.status_code, exc.default_code),
-        )
+        status_code = exc.status_code
+        code = next((value[1] for kind, value in _CODES.items() if isinstance(exc, kind)), exc.default_code)
         detail_code = getattr(exc.detail, "code", None)
         code = getattr(exc, "error_code", None) or (
             detail_code if detail_code and detail_code != exc.default_code else code

@@ -8,6 +8,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from apps.accounts.models import User
+from apps.accounts.roles import KEY_HOLDING_ROLES
 from apps.api.client_ip import client_ip
 from apps.apikeys.secrets import key_matches, key_parse
 from apps.apikeys.selectors import CachedKey, apikey_cached_get
@@ -61,8 +62,10 @@ class ApiKeyAuthentication(BaseAuthentication):
             self._refuse(request, "revoked_key", parts.prefix, "This API key has been revoked.", "key_revoked")
         if key.expires_at is not None and key.expires_at <= timezone.now():
             self._refuse(request, "expired_key", parts.prefix, "This API key has expired.", "key_expired")
-        if not key.owner_active:
-            self._refuse(request, "revoked_key", parts.prefix, "The owner of this key is deactivated.", "key_revoked")
+        if not key.owner_active or key.owner_role not in KEY_HOLDING_ROLES:
+            self._refuse(
+                request, "revoked_key", parts.prefix, "The owner of this key can no longer hold keys.", "key_revoked"
+            )
         if key.allowed_networks and not self._network_ok(key, client_ip(request)):
             self._refuse(
                 request,

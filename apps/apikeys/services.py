@@ -27,6 +27,18 @@ def _require_key_manager(actor: User, owner: User) -> None:
     )
 
 
+def _clean_name(name: str) -> str:
+    if not name.strip():
+        raise ValidationError("A key needs a name.", code="no_name")
+    return name.strip()
+
+
+def _check_expiry(expires_at: datetime | None) -> datetime | None:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError("The expiry must be in the future.", code="invalid_expiry")
+    return expires_at
+
+
 def _clean_scopes(scopes: list[str], granting_scopes: tuple[str, ...] | None) -> list[str]:
     unknown = sorted(set(scopes) - set(Scope.values))
     if unknown:
@@ -76,12 +88,14 @@ def apikey_create(
     _require_key_manager(actor, owner)
     if not owner.is_active:
         raise ValidationError("The owner is deactivated.", code="owner_inactive")
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError("The expiry must be in the future.", code="invalid_expiry")
+    if not owner.has_perm("apikeys.manage_own_keys"):
+        raise PermissionDenied("This member's role cannot hold API keys.")
+    name = _clean_name(name)
+    _check_expiry(expires_at)
     parts = key_generate()
     with transaction.atomic(), set_actor(actor):
         key = ApiKey.objects.create(
-            name=name.strip(),
+            name=name,
             owner=owner,
             created_by=actor,
             prefix=parts.prefix,
@@ -100,11 +114,11 @@ def apikey_update(*, actor: User, key: ApiKey, granting_scopes: tuple[str, ...] 
     """Change name, scopes, pins, networks, expiry or limit (audited: a scope change is a security event)."""
     _require_key_manager(actor, key.owner)
     cleaners = {
-        "name": str.strip,
+        "name": _clean_name,
         "scopes": lambda value: _clean_scopes(value, granting_scopes),
         "model_pins": _clean_pins,
         "allowed_networks": _clean_networks,
-        "expires_at": lambda value: value,
+        "expires_at": _check_expiry,
         "requests_per_minute": lambda value: value,
     }
     with transaction.atomic(), set_actor(actor):

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django_tenants.middleware.main import TenantMainMiddleware
 
@@ -35,6 +35,8 @@ class TenantStatusMiddleware:
         if tenant is not None and not tenant.is_active:
             message = "This organisation's account is suspended. Contact the platform operator."
             if wants_json(request):
-                return JsonResponse({"error": {"code": "tenant_suspended", "message": message}}, status=403)
+                from apps.api.errors import json_error
+
+                return json_error(request, 403, "tenant_suspended", message)
             return render(request, "tenants/suspended.html", {"message": message}, status=403)
         return self.get_response(request)

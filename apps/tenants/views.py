@@ -1,8 +1,9 @@
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views import View
 from django.views.decorators.http import require_http_methods
 
+from apps.api.errors import json_error
 from apps.tenants.forms import SignupForm
 from apps.tenants.middleware import wants_json
 from apps.tenants.services import tenant_signup
@@ -33,5 +34,5 @@ class TenantNotFoundView(View):
     def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         message = "There is no portal at this address."
         if wants_json(request):
-            return JsonResponse({"error": {"code": "not_found", "message": message}}, status=404)
+            return json_error(request, 404, "not_found", message)
         return render(request, "tenants/not_found.html", {"message": message}, status=404)

@@ -5,15 +5,10 @@ Headless Debian Chromium driven by Playwright, against a real gunicorn serving t
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
-import requests
 from django.conf import settings
 from django_tenants.utils import tenant_context
 
@@ -21,7 +16,7 @@ from apps.accounts.models import User
 from apps.accounts.roles import Role
 from apps.accounts.selectors import user_role
 from apps.tenants.models import Tenant
-from tests.helpers import PASSWORD, database_url_for_tests, free_port
+from tests.helpers import PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -43,38 +38,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def portal_server(django_db_setup):
-    port = free_port()
-    queue = f"browser-test-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_tests(),
-        "DEBUG": "1",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "PORTAL_BASE_URL": f"http://localhost:{port}",
-        "WEB_CONCURRENCY": "2",
-        "CELERY_DEFAULT_QUEUE": queue,
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://localhost:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"localhost:{port}"}, timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    yield base
-    server.terminate()
-    server.wait(30)
-    redis.Redis.from_url(os.environ["REDIS_URL"]).delete(queue)
-
-
 @pytest.fixture
 def new_slug(django_db_blocker):
     slug = f"brw{uuid.uuid4().hex[:8]}"
@@ -85,14 +48,14 @@ def new_slug(django_db_blocker):
             tenant.delete(force_drop=True)
 
 
-def test_sign_up_log_in_and_invite_a_member(portal_server, new_slug, django_db_blocker):
+def test_sign_up_log_in_and_invite_a_member(live_portal, new_slug, django_db_blocker):
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread, so the ORM checks wait until it is closed.
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            _sign_up_log_in_and_invite(browser.new_page(), portal_server, new_slug)
+            _sign_up_log_in_and_invite(browser.new_page(), live_portal, new_slug)
         finally:
             browser.close()
 

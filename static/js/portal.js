@@ -1,0 +1,38 @@
+/* Small progressive enhancements for the portal; every page works without them. */
+(function () {
+  "use strict";
+
+  function flash(button, text) {
+    var original = button.dataset.label || button.textContent;
+    button.dataset.label = original;
+    button.textContent = text;
+    window.setTimeout(function () { button.textContent = original; }, 2500);
+  }
+
+  function selectAll(field) {
+    field.focus();
+    field.select();
+    if (field.setSelectionRange) field.setSelectionRange(0, field.value.length);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) return;
+    var field = document.querySelector(button.dataset.copyTarget);
+    if (!field) return;
+    function fallback() {
+      selectAll(field);
+      flash(button, "Selected: press Ctrl+C");
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(field.value).then(function () { flash(button, "Copied"); }, fallback);
+    } else {
+      fallback();
+    }
+  });
+
+  document.addEventListener("submit", function (event) {
+    var message = event.target.dataset && event.target.dataset.confirm;
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+})();
