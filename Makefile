@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run test lint format manage shell clean
+.PHONY: install run test lint format manage shell clean bench-auth
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Per-request cost of key authentication + rate limiting (medians, against a Redis PING)
+bench-auth: $(STAMP)
+	$(DEVSTACK) exec -- sh -c '$(PY) manage.py migrate_schemas --noinput -v 0 && $(PY) bench/auth_ratelimit.py'
 
 # make manage CMD="createsuperuser"
 manage: $(STAMP)

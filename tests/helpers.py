@@ -66,13 +66,15 @@ def start_portal_server(*, workers: int = 2) -> Iterator[str]:
         env=env,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"localhost:{port}"}, timeout=2).ok:
+                if requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"localhost:{port}"}, timeout=10).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
+        else:
+            raise RuntimeError("the test portal server did not start")
         yield f"http://localhost:{port}"
     finally:
         server.terminate()

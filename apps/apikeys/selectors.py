@@ -3,13 +3,14 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.core.cache import cache
+from django.db import connection
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from apps.accounts.models import User
 from apps.accounts.selectors import user_role
 from apps.apikeys.models import ApiKey
+from config.redis import cached_object_get, cached_object_set, cached_objects_forget
 
 NEGATIVE_CACHE_SECONDS = 30
 
@@ -36,7 +37,7 @@ class CachedKey:
 
 
 def _cache_key(prefix: str) -> str:
-    return f"apikey:{prefix}"
+    return f"apikey:{connection.schema_name}:{prefix}"
 
 
 def apikey_cached_get(*, prefix: str) -> CachedKey | None:
@@ -44,16 +45,16 @@ def apikey_cached_get(*, prefix: str) -> CachedKey | None:
     so a flood of made-up keys costs Redis reads, not database queries."""
     from django.conf import settings
 
-    entry = cache.get(_cache_key(prefix))
+    entry = cached_object_get(_cache_key(prefix))
     if entry is None:
         key = ApiKey.objects.select_related("owner").prefetch_related("owner__groups").filter(prefix=prefix).first()
         entry = _cached_form(key) if key else False
-        cache.set(_cache_key(prefix), entry, settings.API_KEY_CACHE_SECONDS if key else NEGATIVE_CACHE_SECONDS)
+        cached_object_set(_cache_key(prefix), entry, settings.API_KEY_CACHE_SECONDS if key else NEGATIVE_CACHE_SECONDS)
     return entry or None
 
 
 def apikey_cache_forget(*prefixes: str) -> None:
-    cache.delete_many([_cache_key(prefix) for prefix in prefixes])
+    cached_objects_forget(_cache_key(prefix) for prefix in prefixes)
 
 
 def _cached_form(key: ApiKey) -> CachedKey:

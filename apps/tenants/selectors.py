@@ -1,10 +1,10 @@
 """Reads on tenants. The host -> tenant map is cached in Redis and dropped whenever a tenant or domain changes."""
 
-from django.core.cache import cache
 from django.db import connection
 from django_tenants.utils import get_public_schema_name, schema_context
 
 from apps.tenants.models import Domain, Tenant
+from config.redis import cached_object_get, cached_object_set, cached_objects_forget
 
 _TENANT_FIELDS = ("id", "schema_name", "name", "plan", "status", "created")
 HOST_CACHE_SECONDS = 300
@@ -16,12 +16,12 @@ def _host_cache_key(hostname: str) -> str:
 
 def tenant_for_host(hostname: str) -> Tenant | None:
     """The tenant serving `hostname`, or None. One Redis GET when cached; one query otherwise."""
-    with schema_context(get_public_schema_name()):
-        cached = cache.get(_host_cache_key(hostname))
-        if cached is None:
+    cached = cached_object_get(_host_cache_key(hostname))
+    if cached is None:
+        with schema_context(get_public_schema_name()):
             domain = Domain.objects.select_related("tenant").filter(domain=hostname).first()
-            cached = {field: getattr(domain.tenant, field) for field in _TENANT_FIELDS} if domain else {}
-            cache.set(_host_cache_key(hostname), cached, HOST_CACHE_SECONDS)
+        cached = {field: getattr(domain.tenant, field) for field in _TENANT_FIELDS} if domain else {}
+        cached_object_set(_host_cache_key(hostname), cached, HOST_CACHE_SECONDS)
     if not cached:
         return None
     tenant = Tenant(**cached)
@@ -37,5 +37,4 @@ def tenant_host_cache_clear(tenant: Tenant) -> None:
 
 
 def host_cache_forget(hostnames) -> None:
-    with schema_context(get_public_schema_name()):
-        cache.delete_many([_host_cache_key(host) for host in hostnames])
+    cached_objects_forget(_host_cache_key(host) for host in hostnames)
