@@ -5,10 +5,11 @@ from django.http import HttpRequest
 
 from apps.accounts.models import User
 from apps.accounts.selectors import user_role
+from apps.tenants.admin_mixins import ReadOnlyAdminMixin
 
 
 @admin.register(User)
-class UserAdmin(admin.ModelAdmin):
+class UserAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("email", "full_name", "role", "is_active", "date_joined", "last_login")
     list_filter = ("is_active", "groups")
     search_fields = ("email", "full_name")
@@ -34,12 +35,3 @@ class UserAdmin(admin.ModelAdmin):
     def role(self, obj: User) -> str:
         role = user_role(obj)
         return role.label if role else "—"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
-        return False
