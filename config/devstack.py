@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -68,11 +69,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def database_ensure(url: str) -> None:
+    """Create the database named in `url` when its server has none by that name (embedded or external)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+        return
+    except psycopg.OperationalError as error:
+        if "does not exist" not in str(error):
+            raise
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    log(f"creating database {name}")
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[str]:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # pgserver's lock file falls back to /tmp
     import pgserver
-    import psycopg
 
     pgdata = var_dir() / "pgdata"
     pgdata.mkdir(exist_ok=True)
@@ -80,10 +98,7 @@ def embedded_postgres() -> Iterator[str]:
     log(f"starting embedded PostgreSQL in {pgdata}")
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
-        with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+        database_ensure(server.get_uri(DATABASE_NAME))
         yield server.get_uri(DATABASE_NAME)
     finally:
         log("stopping embedded PostgreSQL")
@@ -145,6 +160,7 @@ def services() -> Iterator[None]:
             os.environ["DATABASE_URL"] = stack.enter_context(embedded_postgres())
         else:
             log("using external PostgreSQL from DATABASE_URL")
+            database_ensure(os.environ["DATABASE_URL"])
         if not os.environ.get("REDIS_URL"):
             os.environ["REDIS_URL"] = stack.enter_context(embedded_redis())
         else:
