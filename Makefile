@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run test lint format manage shell clean bench-auth
+.PHONY: install run test lint format manage shell clean bench-auth mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ format: $(STAMP)
 # Per-request cost of key authentication + rate limiting (medians, against a Redis PING)
 bench-auth: $(STAMP)
 	$(DEVSTACK) exec -- sh -c '$(PY) manage.py migrate_schemas --noinput -v 0 && $(PY) bench/auth_ratelimit.py'
+
+# MLflow's own UI on the portal's store, for operators (http://127.0.0.1:5050/)
+mlflow-ui: $(STAMP)
+	$(DEVSTACK) exec -- sh -c '$(PY) manage.py mlflow_prepare && $(PY) manage.py mlflow_ui'
 
 # make manage CMD="createsuperuser"
 manage: $(STAMP)

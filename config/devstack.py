@@ -205,10 +205,11 @@ def run_portal() -> int:
     try:
         with services():
             manage("migrate_schemas", "--noinput", "-v", "0")
+            manage("mlflow_prepare")
             if os.environ["DEBUG"] in ("0", "false", "False"):
                 manage("collectstatic", "--noinput", "-v", "0")
             manage("seed_demo")
-            return _supervise(_portal_commands())
+            return _supervise(_portal_commands() | _demo_model_server())
     except (_Interrupted, KeyboardInterrupt):
         return 0
     except subprocess.CalledProcessError as error:
@@ -239,6 +240,29 @@ def _portal_commands() -> dict[str, list[str]]:
     }
 
 
+def _demo_model_server() -> dict[str, list[str]]:
+    """A real `mlflow models serve` for the demo model's champion, in this very environment."""
+    values = _demo_values()
+    if not values.get("DEMO_MODEL_PATH"):
+        return {}
+    # `--env-manager local` runs the model in this interpreter; mlflow looks its tools up on PATH.
+    os.environ["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    port = values["DEMO_MODEL_URL"].rsplit(":", 1)[1]
+    return {
+        "model": [
+            PYTHON, "-m", "mlflow", "models", "serve", "-m", values["DEMO_MODEL_PATH"],
+            "--env-manager", "local", "-h", "127.0.0.1", "-p", port, "-w", "1",
+        ]
+    }  # fmt: skip
+
+
+def _demo_values() -> dict[str, str]:
+    demo_env = var_dir() / "demo.env"
+    if not demo_env.exists():
+        return {}
+    return dict(line.split("=", 1) for line in demo_env.read_text().splitlines() if "=" in line)
+
+
 def _supervise(commands: dict[str, list[str]]) -> int:
     """Run the children until one dies or we are interrupted; always stop them before the services."""
     children: dict[str, subprocess.Popen] = {}
@@ -265,7 +289,7 @@ def _supervise(commands: dict[str, list[str]]) -> int:
 
 def _print_welcome() -> None:
     demo_env = var_dir() / "demo.env"
-    values = dict(line.split("=", 1) for line in demo_env.read_text().splitlines() if "=" in line)
+    values = _demo_values()
     base = os.environ.get("PORTAL_BASE_URL", "http://localhost:8000")
     log("the portal is starting:")
     print(
@@ -277,6 +301,10 @@ def _print_welcome() -> None:
         f"    compliance officer:     {values.get('OFFICER_USER')} / {values.get('OFFICER_PASSWORD')}\n"
         f"  Demo API key:             {values.get('DEMO_API_KEY')}  (scopes inference, models:read)\n"
         f"    try: curl -H 'Authorization: Bearer {values.get('DEMO_API_KEY')}' {values.get('PORTAL_URL')}/api/v1/me\n"
+        f"  Demo model:               {values.get('DEMO_MODEL')} v{values.get('DEMO_MODEL_VERSION')} (champion),"
+        f" served by mlflow at {values.get('DEMO_MODEL_URL')}\n"
+        f"    try: curl -H 'Content-Type: application/json' --data @example.json"
+        f" {values.get('DEMO_MODEL_URL')}/invocations\n"
         f"  Demo values for scripts:  {demo_env}\n"
         f"  Stop with Ctrl-C.\n",
         flush=True,

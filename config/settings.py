@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -90,6 +91,8 @@ TENANT_APPS = [
     "auditlog",
     "axes",
     "apps.apikeys",
+    "apps.registry",
+    "apps.serving",
     "apps.compliance",
     "apps.api",
     "apps.portal",
@@ -233,6 +236,28 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- Model registry (MLflow) ------------------------------------------------------------------
+
+
+def _mlflow_tracking_uri() -> str:
+    """MLflow's own database on the portal's PostgreSQL server (SQLAlchemy URL, psycopg 3 driver)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = env.str("MLFLOW_DATABASE_URL", default="")
+    if not url:
+        parts = urlsplit(_required_url("DATABASE_URL"))
+        url = urlunsplit(parts._replace(path="/" + parts.path.lstrip("/") + "_mlflow"))
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql"):
+        parts = parts._replace(scheme="postgresql+psycopg")
+    return urlunsplit(parts)
+
+
+MLFLOW_TRACKING_URI = _mlflow_tracking_uri()
+MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "mlartifacts"))
+MODEL_UPLOAD_MAX_BYTES = env.int("MODEL_UPLOAD_MAX_BYTES", default=200 * 1024 * 1024)
+SERVING_SECRET_KEY = env.str("SERVING_SECRET_KEY", default="")
+
 # --- Security (strict by default whenever DEBUG is off) ----------------------------------------
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -292,6 +317,10 @@ CELERY_BEAT_SCHEDULE = {
     "flush-access-events": {
         "task": "apps.compliance.tasks.flush_access_events_everywhere",
         "schedule": 10.0,
+    },
+    "probe-model-servers": {
+        "task": "apps.serving.tasks.probe_servers_everywhere",
+        "schedule": 30.0,
     },
     "record-keys-last-used": {
         "task": "apps.apikeys.tasks.record_keys_last_used_everywhere",

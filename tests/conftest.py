@@ -139,3 +139,49 @@ def live_portal(django_db_setup):
     """A real gunicorn (4 workers) serving the test database; yields its base URL on `localhost`."""
     with start_portal_server(workers=4) as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(django_db_setup, tmp_path_factory):
+    """A real MLflow registry for the session: its own fresh database next to the test database."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from apps.registry.mlflow_store import store_prepare
+
+    parts = urlsplit(settings.MLFLOW_TRACKING_URI)
+    uri = urlunsplit(parts._replace(path=f"/{settings.DATABASES['default']['NAME']}_mlflow"))
+    admin = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
+    name = uri.rsplit("/", 1)[1].split("?")[0]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    store_prepare(uri)
+    previous = settings.MLFLOW_TRACKING_URI, settings.MLFLOW_ARTIFACT_ROOT
+    settings.MLFLOW_TRACKING_URI = uri
+    settings.MLFLOW_ARTIFACT_ROOT = str(tmp_path_factory.mktemp("mlartifacts"))
+    yield uri
+    settings.MLFLOW_TRACKING_URI, settings.MLFLOW_ARTIFACT_ROOT = previous
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def iris_model_dir(tmp_path_factory):
+    """A small scikit-learn model saved as an MLflow model directory, with a signature."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    frame = load_iris(as_frame=True)
+    features = frame.data.rename(columns=lambda column: column.replace(" (cm)", "").replace(" ", "_"))
+    model = LogisticRegression(max_iter=300).fit(features, frame.target)
+    path = tmp_path_factory.mktemp("iris") / "model"
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        signature=infer_signature(features, model.predict(features)),
+        pip_requirements=["scikit-learn", "pandas"],
+    )
+    return path

@@ -23,6 +23,11 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "apikeys.view_apikey",
         "apikeys.manage_own_keys",
         "apikeys.manage_all_keys",
+        "registry.manage_models",
+        "registry.view_registeredmodel",
+        "serving.manage_serving",
+        "serving.view_modelserver",
+        "serving.view_deployment",
         "auditlog.view_logentry",
         "axes.view_accessattempt",
         "axes.view_accesslog",
@@ -32,9 +37,17 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
     Role.DEVELOPER: [
         "accounts.view_user",
         "apikeys.manage_own_keys",
+        "registry.manage_models",
+        "registry.view_registeredmodel",
+        "serving.manage_serving",
+        "serving.view_modelserver",
+        "serving.view_deployment",
     ],
     Role.COMPLIANCE_OFFICER: [
         "accounts.view_user",
+        "registry.view_registeredmodel",
+        "serving.view_modelserver",
+        "serving.view_deployment",
         "apikeys.view_apikey",
         "auditlog.view_logentry",
         "axes.view_accessattempt",
@@ -44,6 +57,9 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
     ],
     Role.VIEWER: [
         "accounts.view_user",
+        "registry.view_registeredmodel",
+        "serving.view_modelserver",
+        "serving.view_deployment",
     ],
 }
 

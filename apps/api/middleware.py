@@ -42,13 +42,11 @@ class ApiErrorMiddleware:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 return json_error(request, 400, "bad_content_length", "Content-Length is not a number.")
-            if length > settings.API_MAX_BODY_BYTES:
-                return json_error(
-                    request,
-                    413,
-                    "payload_too_large",
-                    f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.",
-                )
+            # Model packages arrive as multipart uploads (streamed to disk); everything else is small JSON.
+            is_upload = request.content_type == "multipart/form-data"
+            limit = settings.MODEL_UPLOAD_MAX_BYTES if is_upload else settings.API_MAX_BODY_BYTES
+            if length > limit:
+                return json_error(request, 413, "payload_too_large", f"The request body is larger than {limit} bytes.")
         response = self.get_response(request)
         decision = getattr(request, "ratelimit", None)
         if decision is not None:

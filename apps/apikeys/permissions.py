@@ -1,4 +1,4 @@
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from apps.api.client_ip import client_ip
 from apps.apikeys.authentication import KeyPrincipal
@@ -28,3 +28,14 @@ class HasScopes(BasePermission):
             detail=f"missing {', '.join(missing)}",
         )
         return False
+
+
+class ScopesByMethodMixin:
+    """For views whose reads and writes need different scopes: `read_scopes` for safe methods, else `write_scopes`."""
+
+    read_scopes: tuple[str, ...] = ()
+    write_scopes: tuple[str, ...] = ()
+
+    def initial(self, request, *args, **kwargs):
+        self.required_scopes = self.read_scopes if request.method in SAFE_METHODS else self.write_scopes
+        return super().initial(request, *args, **kwargs)

@@ -14,6 +14,7 @@ from apps.accounts.services import user_create
 from apps.apikeys.models import ApiKey, Scope
 from apps.apikeys.secrets import key_matches, key_parse
 from apps.apikeys.services import apikey_create
+from apps.registry.demo import DEMO_MODEL, demo_deployment_ensure, demo_model_ensure, local_model_path
 from apps.tenants.models import Tenant
 from apps.tenants.services import public_tenant_ensure, tenant_signup, tenant_url
 
@@ -49,6 +50,15 @@ class Command(BaseCommand):
             owner = _user_ensure(OWNER_EMAIL, passwords["DEMO_PASSWORD"], role=Role.OWNER)
             _user_ensure(OFFICER_EMAIL, passwords["OFFICER_PASSWORD"], role=Role.COMPLIANCE_OFFICER)
             values["DEMO_API_KEY"] = _demo_key_ensure(owner, values.get("DEMO_API_KEY", ""))
+            champion = demo_model_ensure(owner=owner)
+            model_url = f"http://127.0.0.1:{os.environ.get('DEMO_MODEL_PORT', '5001')}"
+            demo_deployment_ensure(owner=owner, version=champion, url=model_url)
+            values.update(
+                DEMO_MODEL=DEMO_MODEL,
+                DEMO_MODEL_VERSION=str(champion.version),
+                DEMO_MODEL_PATH=str(local_model_path(champion)),
+                DEMO_MODEL_URL=model_url,
+            )
         values.update(
             PORTAL_URL=tenant_url(tenant).rstrip("/"),
             DEMO_USER=OWNER_EMAIL,
