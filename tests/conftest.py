@@ -101,7 +101,7 @@ def _forget_redis_state():
     from config.redis import get_redis
 
     client = get_redis()
-    for pattern in ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*"):
+    for pattern in ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*", "route*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
@@ -185,3 +185,44 @@ def iris_model_dir(tmp_path_factory):
         pip_requirements=["scikit-learn", "pandas"],
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def served_model(iris_model_dir):
+    """A real `mlflow models serve` process on loopback for the session (it takes a few seconds to start)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(iris_model_dir), "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError("mlflow models serve did not start")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)

@@ -53,6 +53,7 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         WEB_CONCURRENCY="2",
         WORKER_CONCURRENCY="1",
         CELERY_BEAT_SCHEDULE=str(var_dir / "celerybeat-schedule"),
+        DEMO_MODEL_PORT=str(free_port()),
     )
     launcher = subprocess.Popen(
         [sys.executable, "-m", "config.devstack", "run"],
@@ -102,6 +103,28 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         assert me.status_code == 200
         assert sorted(me.json()["key"]["scopes"]) == ["inference", "models:read"]
 
+        # the demo model, really served by `mlflow models serve` on its own port
+        models = requests.get(
+            f"{base}/api/v1/models", headers={**host, "Authorization": f"Bearer {demo['DEMO_API_KEY']}"}, timeout=10
+        ).json()
+        assert models["results"][0]["name"] == demo["DEMO_MODEL"]
+        assert models["results"][0]["aliases"] == {"champion": int(demo["DEMO_MODEL_VERSION"])}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{demo['DEMO_MODEL_URL']}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        answer = requests.post(
+            f"{demo['DEMO_MODEL_URL']}/invocations",
+            data=(ROOT / "example.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        assert len(answer.json()["predictions"]) == 2
+
         started = [child.pid for child in psutil.Process(launcher.pid).children(recursive=True)]
         started += _processes_using(var_dir)
         assert len(started) >= 4  # web master, worker, beat, redis, postgres at least
@@ -113,6 +136,6 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
     time.sleep(1)
     assert [pid for pid in started if _alive(pid)] == []
     assert _processes_using(var_dir) == []
-    # Web, worker and beat go first; the database and Redis they use go last.
-    assert output.index("stopped web, worker, beat") < output.index("stopping embedded Redis")
+    # Web, worker, beat and the model server go first; the database and Redis they use go last.
+    assert output.index("stopped web, worker, beat, model") < output.index("stopping embedded Redis")
     assert output.index("stopping embedded Redis") < output.index("stopping embedded PostgreSQL")
