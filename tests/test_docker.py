@@ -28,9 +28,9 @@ COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("migrate", "web", "worker", "beat")
+APP_SERVICES = ("migrate", "mlflow-prepare", "web", "worker", "beat")
 EXPECTED_SERVICES = {"postgres", "redis", "mlflow", *APP_SERVICES}
-EXTRA_ALLOWED_VARIABLES = {"MLFLOW_TRACKING_URI"}
+EXTRA_ALLOWED_VARIABLES: set[str] = set()
 READ_PATTERNS = (
     re.compile(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"'),
     re.compile(r'os\.environ(?:\.get)?[\(\[]"([A-Z_]+)"'),
@@ -172,9 +172,14 @@ def test_database_and_redis_urls_point_at_the_compose_services(services):
     assert redis.scheme == "redis"
     assert redis.hostname == "redis"
     assert redis.hostname in services
-    mlflow = urlparse(env["MLFLOW_TRACKING_URI"])
-    assert mlflow.hostname == "mlflow"
-    assert option_values(mlflow_server_argv(services["mlflow"]), "--port") == [str(mlflow.port)]
+    mlflow_store = urlparse(env["MLFLOW_DATABASE_URL"])
+    server_store = urlparse(option_values(mlflow_server_argv(services["mlflow"]), "--backend-store-uri")[0])
+    assert mlflow_store.hostname == server_store.hostname == "postgres"
+    assert mlflow_store.path == server_store.path  # the portal and MLflow's UI share one store
+    assert env["MLFLOW_ARTIFACT_ROOT"] == "/mlartifacts"
+    for name in APP_SERVICES:
+        assert "mlartifacts:/mlartifacts" in services[name]["volumes"], name
+    assert "mlartifacts:/mlartifacts" in services["mlflow"]["volumes"]
 
 
 def test_depends_on_names_existing_services_and_health_conditions_have_healthchecks(services):
