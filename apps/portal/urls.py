@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from apps.portal import keys, views
+from apps.portal import keys, models_pages, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -13,5 +13,19 @@ urlpatterns = [
     path("keys/", keys.keys, name="keys"),
     path("keys/<int:key_id>/rotate/", keys.key_rotate, name="key_rotate"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
+    path("models/", models_pages.models, name="models"),
+    path("models/<str:name>/", models_pages.model_detail, name="model_detail"),
+    path("models/<str:name>/versions/", models_pages.version_upload, name="version_upload"),
+    path("models/<str:name>/promote/", models_pages.model_promote, name="model_promote"),
+    path("models/<str:name>/rollback/", models_pages.model_rollback, name="model_rollback"),
+    path("models/<str:name>/versions/<int:version>/archive/", models_pages.version_archive, name="version_archive"),
+    path("servers/", models_pages.servers, name="servers"),
+    path("servers/<int:server_id>/probe/", models_pages.server_probe, name="server_probe"),
+    path("deployments/", models_pages.deployments, name="deployments"),
+    path(
+        "deployments/<int:deployment_id>/deactivate/",
+        models_pages.deployment_deactivate,
+        name="deployment_deactivate",
+    ),
     path("invitation/<uidb64>/<token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
 ]

@@ -26,3 +26,16 @@ def version_get(*, model: RegisteredModel, version: int) -> ModelVersion:
 
 def alias_history(*, model: RegisteredModel) -> QuerySet[AliasChange]:
     return model.alias_changes.select_related("actor")
+
+
+def rollback_target(*, model: RegisteredModel, alias: str) -> int | None:
+    """The version a rollback of `alias` returns to: walking the history back, each rollback undoes one move."""
+    undone = 0
+    for change in AliasChange.objects.filter(model=model, alias=alias).exclude(kind=AliasChange.Kind.REMOVE):
+        if change.kind == AliasChange.Kind.ROLLBACK:
+            undone += 1
+        elif undone:
+            undone -= 1
+        else:
+            return change.from_version
+    return None

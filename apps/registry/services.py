@@ -19,6 +19,7 @@ from apps.api.errors import ApiError
 from apps.registry.mlflow_store import mlflow_name, registry_client, tenant_experiment_id
 from apps.registry.models import AliasChange, ModelAlias, ModelVersion, RegisteredModel
 from apps.registry.packages import ModelPackage, package_describe, package_unpack
+from apps.registry.selectors import rollback_target
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){1,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -56,13 +57,21 @@ def model_create(*, actor: User, name: str, description: str = "") -> Registered
         )
     if RegisteredModel.objects.filter(name=name).exists():
         raise Conflict(f"A model named {name!r} exists already.", code="name_taken")
+    from mlflow.exceptions import MlflowException
+
     with transaction.atomic(), set_actor(actor):
         model = RegisteredModel.objects.create(
             name=name, mlflow_name=mlflow_name(name), description=description, created_by=actor
         )
-        registry_client().create_registered_model(
-            model.mlflow_name, tags={"portal.tenant": connection.schema_name}, description=description
-        )
+        try:
+            registry_client().create_registered_model(
+                model.mlflow_name, tags={"portal.tenant": connection.schema_name}, description=description
+            )
+        except MlflowException as error:
+            # A leftover of an earlier tenant with this slug, or of a failed create: never adopt it.
+            if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                raise Conflict(f"The name {name!r} cannot be used; choose another.", code="name_taken") from None
+            raise
     return model
 
 
@@ -148,6 +157,8 @@ def alias_set(
     with transaction.atomic(), set_actor(actor):
         current = ModelAlias.objects.select_for_update().filter(model=model, alias=alias).first()
         previous = current.version.version if current else None
+        if previous == version.version:
+            return current  # already there: no move, nothing to record or roll back
         if current is None:
             current = ModelAlias.objects.create(model=model, alias=alias, version=version)
         else:
@@ -176,14 +187,17 @@ def model_promote(
 
 
 def model_rollback(*, actor: User, model: RegisteredModel, reason: str, alias: str = DEFAULT_ALIAS) -> ModelAlias:
-    """Move `alias` back to the version it pointed to before its last move."""
+    """Move `alias` back to the version it pointed to before its last move that is not already undone.
+
+    Rollbacks stack: after v1 -> v2 -> v3, one rollback returns to v2 and the next to v1.
+    """
     _require_manager(actor)
     if not reason.strip():
         raise ValidationError("Say why you roll back.", code="reason_required")
-    last = AliasChange.objects.filter(model=model, alias=alias).exclude(kind=AliasChange.Kind.REMOVE).first()
-    if last is None or last.from_version is None:
+    target_version = rollback_target(model=model, alias=alias)
+    if target_version is None:
         raise Conflict(f"{model.name}@{alias} has no earlier version to roll back to.", code="nothing_to_roll_back")
-    target = ModelVersion.objects.get(model=model, version=last.from_version)
+    target = ModelVersion.objects.get(model=model, version=target_version)
     return alias_set(
         actor=actor, model=model, alias=alias, version=target, reason=reason.strip(), kind=AliasChange.Kind.ROLLBACK
     )
@@ -196,6 +210,8 @@ def version_archive(*, actor: User, version: ModelVersion, reason: str = "") -> 
         return version
     if ModelAlias.objects.filter(version=version).exists():
         raise Conflict("An alias points to this version; move it first.", code="version_in_use")
+    if _served_by_a_deployment(version):
+        raise Conflict("An active deployment serves this version; change it first.", code="version_in_use")
     with transaction.atomic(), set_actor(actor):
         version.status = ModelVersion.Status.ARCHIVED
         version.archived_at = timezone.now()
@@ -205,3 +221,11 @@ def version_archive(*, actor: User, version: ModelVersion, reason: str = "") -> 
         )
         _after_change(version.model)
     return version
+
+
+def _served_by_a_deployment(version: ModelVersion) -> bool:
+    from django.db.models import Q
+
+    from apps.serving.models import Deployment
+
+    return Deployment.objects.filter(Q(version=version) | Q(canary_version=version), is_active=True).exists()

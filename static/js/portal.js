@@ -36,3 +36,13 @@
     if (message && !window.confirm(message)) event.preventDefault();
   });
 })();
+
+/* Deployments: an alias and a fixed version exclude each other; clearing one when the other is typed. */
+(function () {
+  "use strict";
+  var alias = document.getElementById("id_alias");
+  var version = document.getElementById("id_version");
+  if (!alias || !version || !alias.form || alias.form !== version.form || !alias.form.classList.contains("deploy-form")) return;
+  alias.addEventListener("input", function () { if (alias.value) version.value = ""; });
+  version.addEventListener("input", function () { if (version.value) alias.value = ""; });
+})();

@@ -167,6 +167,30 @@ def test_promote_rollback_and_history(as_dave, name, iris_model_dir, cast):
     assert LogEntry.objects.get_for_object(change).get().actor_id == cast.dave.pk
 
 
+def test_rollbacks_walk_back_through_the_history(as_dave, name, iris_model_dir):
+    create(as_dave, name)
+    for version in (1, 2, 3):
+        upload(as_dave, name, zipped(iris_model_dir))
+        as_dave.post(f"/api/v1/models/{name}/promote", {"version": version}, content_type="application/json")
+    as_dave.post(f"/api/v1/models/{name}/promote", {"version": 3}, content_type="application/json")  # no move
+    steps = [
+        as_dave.post(f"/api/v1/models/{name}/rollback", {"reason": "r"}, content_type="application/json")
+        for _ in range(3)
+    ]
+    assert [step.status_code for step in steps] == [200, 200, 409]
+    assert [step.json()["aliases"]["champion"] for step in steps[:2]] == [2, 1]
+    history = as_dave.get(f"/api/v1/models/{name}/history").json()["results"]
+    assert len(history) == 5  # three promotions, two rollbacks; the no-op promotion left nothing
+
+
+def test_a_clash_with_a_leftover_mlflow_name_is_409_not_500(as_dave, name):
+    registry_client().create_registered_model(f"alpha__{name}")
+    response = create(as_dave, name)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "name_taken"
+    assert not RegisteredModel.objects.filter(name=name).exists()
+
+
 def test_rollback_with_no_earlier_version_is_409(as_dave, name, iris_model_dir):
     create(as_dave, name)
     upload(as_dave, name, zipped(iris_model_dir))

@@ -75,3 +75,16 @@ def test_the_input_schema_of_the_routed_version_matches_example_json(deployed):
     route = route_resolve(model_name=model.name)
     columns = [column["name"] for column in route.signature["inputs"]]
     assert columns == json.loads((ROOT / "example.json").read_text())["dataframe_split"]["columns"]
+
+
+def test_a_version_served_by_a_deployment_cannot_be_archived(deployed, cast):
+    from apps.api.errors import ApiError
+    from apps.serving.models import Deployment
+
+    model, server = deployed
+    serving.deployment_create(actor=cast.dave, model=model, server=server, version=model.versions.get(version=1))
+    registry.model_promote(actor=cast.dave, model=model, version=model.versions.get(version=2))
+    with pytest.raises(ApiError) as refused:
+        registry.version_archive(actor=cast.dave, version=model.versions.get(version=1))
+    assert refused.value.error_code == "version_in_use"
+    assert Deployment.objects.filter(version__version=1, is_active=True).exists()
