@@ -23,8 +23,10 @@ def demo_model_ensure(*, owner: User) -> ModelVersion:
         _train_and_register(owner=owner, model=model, max_iter=50 + 150 * model.versions.count())
     champion = model.aliases.filter(alias="champion").select_related("version").first()
     if champion is None:
-        latest = model.versions.order_by("-version").first()
-        services.model_promote(actor=owner, model=model, version=latest, reason="demo")
+        # v1 first, then v2: the demo has a history, so a rollback has somewhere to go.
+        first, latest = model.versions.order_by("version")[:2]
+        services.model_promote(actor=owner, model=model, version=first, reason="first release")
+        services.model_promote(actor=owner, model=model, version=latest, reason="more training iterations")
         return latest
     return champion.version
 
