@@ -226,3 +226,17 @@ def served_model(iris_model_dir):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+@pytest.fixture
+def make_key(cast):
+    """Create a key in tenant A (or `tenant`) and return (key, secret)."""
+    from apps.apikeys.services import apikey_create
+
+    def make(owner=None, *, tenant=None, scopes=("inference", "models:read"), **fields):
+        tenant = tenant or cast.tenant_a
+        owner = owner or (cast.alice if tenant == cast.tenant_a else cast.charlie)
+        with tenant_context(tenant):
+            return apikey_create(actor=owner, name=fields.pop("name", "test key"), scopes=list(scopes), **fields)
+
+    return make

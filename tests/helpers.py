@@ -23,6 +23,11 @@ def host_of(tenant) -> str:
     return f"{tenant.schema_name}.{settings.PORTAL_DOMAIN}"
 
 
+def bearer(secret: str) -> dict:
+    """Test-client headers that send `secret` as the openai SDK does."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
 def login(client: Client, user) -> Client:
     """Log in through the real login view (axes and all), as a browser would."""
     response = client.post("/login/", {"username": user.email, "password": PASSWORD})

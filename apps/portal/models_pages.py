@@ -49,6 +49,23 @@ CONFIRMED = "yes"
 ALIAS_HISTORY_SHOWN = 50
 
 
+def _create_form_flow(request: HttpRequest, form_class, can_manage: bool, create, on_success):
+    """The list pages' create form: (form or None, redirect or None, status). Refuses non-managers' POSTs."""
+    if request.method == "POST" and not can_manage:
+        raise PermissionDenied
+    form = form_class(request.POST if request.method == "POST" else None) if can_manage else None
+    if form is None or not form.is_bound:
+        return form, None, 200
+    if not form.is_valid():
+        return form, None, 400
+    try:
+        created = create(form)
+    except SERVICE_ERRORS as error:
+        form.add_service_error(error)
+        return form, None, service_error_status(error)
+    return form, on_success(created), 200
+
+
 # --- models ----------------------------------------------------------------------------------------------------
 
 
@@ -58,22 +75,20 @@ ALIAS_HISTORY_SHOWN = 50
 def models(request: HttpRequest) -> HttpResponse:
     """The tenant's models; managers also get the form that creates one."""
     can_manage = request.user.has_perm(MANAGE_MODELS)
-    if request.method == "POST" and not can_manage:
-        raise PermissionDenied
-    form = ModelCreateForm(request.POST if request.method == "POST" else None) if can_manage else None
-    status = 200
-    if form is not None and form.is_bound:
-        if form.is_valid():
-            try:
-                model = registry_services.model_create(actor=request.user, **form.cleaned_data)
-            except SERVICE_ERRORS as error:
-                form.add_service_error(error)
-                status = service_error_status(error)
-            else:
-                messages.success(request, f"Model {model.name} is created. Upload its first version.")
-                return redirect("model_detail", name=model.name)
-        else:
-            status = 400
+
+    def created(model):
+        messages.success(request, f"Model {model.name} is created. Upload its first version.")
+        return redirect("model_detail", name=model.name)
+
+    form, done, status = _create_form_flow(
+        request,
+        ModelCreateForm,
+        can_manage,
+        lambda form: registry_services.model_create(actor=request.user, **form.cleaned_data),
+        created,
+    )
+    if done:
+        return done
     rows = registry_selectors.model_list().annotate(version_count=Count("versions"))
     context = {"models": rows, "form": form, "can_manage": can_manage}
     return render(request, "portal/models.html", context, status=status)
@@ -336,22 +351,20 @@ def _confirm_page(
 def servers(request: HttpRequest) -> HttpResponse:
     """Model servers with the health of each replica; managers also get the form that registers one."""
     can_manage = request.user.has_perm(MANAGE_SERVING)
-    if request.method == "POST" and not can_manage:
-        raise PermissionDenied
-    form = ServerCreateForm(request.POST if request.method == "POST" else None) if can_manage else None
-    status = 200
-    if form is not None and form.is_bound:
-        if form.is_valid():
-            try:
-                server = serving_services.server_create(actor=request.user, **form.cleaned_data)
-            except SERVICE_ERRORS as error:
-                form.add_service_error(error)
-                status = service_error_status(error)
-            else:
-                messages.success(request, f"Server {server.name} is registered. Probe it to see its health.")
-                return redirect("servers")
-        else:
-            status = 400
+
+    def created(server):
+        messages.success(request, f"Server {server.name} is registered. Probe it to see its health.")
+        return redirect("servers")
+
+    form, done, status = _create_form_flow(
+        request,
+        ServerCreateForm,
+        can_manage,
+        lambda form: serving_services.server_create(actor=request.user, **form.cleaned_data),
+        created,
+    )
+    if done:
+        return done
     context = {"servers": serving_selectors.server_list(), "form": form, "can_manage": can_manage}
     return render(request, "portal/servers.html", context, status=status)
 
@@ -381,22 +394,20 @@ def server_probe(request: HttpRequest, server_id: int) -> HttpResponse:
 def deployments(request: HttpRequest) -> HttpResponse:
     """Deployments, active first; managers also get the form that deploys a model."""
     can_manage = request.user.has_perm(MANAGE_SERVING)
-    if request.method == "POST" and not can_manage:
-        raise PermissionDenied
-    form = DeploymentCreateForm(request.POST if request.method == "POST" else None) if can_manage else None
-    status = 200
-    if form is not None and form.is_bound:
-        if form.is_valid():
-            try:
-                deployment = serving_services.deployment_create(actor=request.user, **form.service_arguments())
-            except SERVICE_ERRORS as error:
-                form.add_service_error(error)
-                status = service_error_status(error)
-            else:
-                messages.success(request, f"Deployed {_target(deployment)} on {deployment.server.name}.")
-                return redirect("deployments")
-        else:
-            status = 400
+
+    def created(deployment):
+        messages.success(request, f"Deployed {_target(deployment)} on {deployment.server.name}.")
+        return redirect("deployments")
+
+    form, done, status = _create_form_flow(
+        request,
+        DeploymentCreateForm,
+        can_manage,
+        lambda form: serving_services.deployment_create(actor=request.user, **form.service_arguments()),
+        created,
+    )
+    if done:
+        return done
     rows = [
         (deployment, [_price(getattr(deployment, field)) for field in PRICE_FIELDS])
         for deployment in serving_selectors.deployment_list().order_by("-is_active", "-created", "-pk")

@@ -6,7 +6,7 @@ from django_tenants.utils import tenant_context
 
 from apps.apikeys.models import ApiKey
 from apps.apikeys.secrets import key_hash
-from tests.apikeys.conftest import bearer
+from tests.helpers import bearer
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_revoke, apikey_rotate
 from apps.compliance.models import AccessEvent
 from apps.compliance.services import access_events_flush
-from tests.apikeys.conftest import bearer
-from tests.helpers import host_of
+from tests.helpers import bearer, host_of
 
 
 def _me(client, **headers):

@@ -3,7 +3,7 @@
 from apps.apikeys import usage
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_touch_many
-from tests.apikeys.conftest import bearer
+from tests.helpers import bearer
 
 
 def test_last_used_is_collected_then_written_in_bulk(client_a, make_key, in_tenant_a, monkeypatch):

@@ -21,18 +21,6 @@ from tests.serving.conftest import make_model
 HEADER_VALUE = "Bearer portal-test-secret-9f3c1a"
 
 
-@pytest.fixture(autouse=True)
-def _forget_route_state():
-    yield
-    from config.redis import get_redis
-
-    client = get_redis()
-    for pattern in ("route:*", "routes:*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-
-
 @pytest.fixture
 def name() -> str:
     return f"m-{uuid.uuid4().hex[:8]}"

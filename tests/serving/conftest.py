@@ -1,15 +1,14 @@
-"""Serving fixtures: registry rows made directly (no MLflow), real loopback health servers, keys, Redis cleanup."""
+"""Serving fixtures: registry rows made directly (no MLflow), real loopback health servers, keys."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django_tenants.utils import tenant_context
 
-from apps.apikeys.services import apikey_create
 from apps.registry.models import ModelAlias, ModelVersion, RegisteredModel
 from apps.serving.services import server_create
 from tests.helpers import free_port
@@ -17,33 +16,10 @@ from tests.helpers import free_port
 HEALTH_PATHS = ("/ping", "/v1/models", "/v2/health/ready")
 
 
-@pytest.fixture(autouse=True)
-def _forget_route_state():
-    yield
-    from config.redis import get_redis
-
-    client = get_redis()
-    for pattern in ("route:*", "routes:*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-
-
 @pytest.fixture
-def make_key(cast):
-    """Create a key in tenant A (or `tenant`) and return (key, secret)."""
-
-    def make(owner=None, *, tenant=None, scopes=("models:read", "models:write"), **fields):
-        tenant = tenant or cast.tenant_a
-        owner = owner or (cast.alice if tenant == cast.tenant_a else cast.charlie)
-        with tenant_context(tenant):
-            return apikey_create(actor=owner, name=fields.pop("name", "test key"), scopes=list(scopes), **fields)
-
-    return make
-
-
-def bearer(secret: str) -> dict:
-    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+def make_key(make_key):
+    """Serving tests mostly need keys that read and write models."""
+    return functools.partial(make_key, scopes=("models:read", "models:write"))
 
 
 def make_model(name: str, *, versions=(1, 2, 3), aliases: dict[str, int] | None = None, schema: str = "alpha"):

@@ -11,7 +11,8 @@ from django_tenants.utils import tenant_context
 from apps.registry.models import ModelVersion
 from apps.serving.models import Deployment
 from apps.serving.services import deployment_create
-from tests.serving.conftest import bearer, make_model
+from tests.helpers import bearer
+from tests.serving.conftest import make_model
 
 
 def _post(client, path, body=None, **extra):

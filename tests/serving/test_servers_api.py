@@ -7,7 +7,8 @@ from django_tenants.utils import tenant_context
 from apps.serving.models import Deployment, ModelServer, ServerReplica
 from apps.serving.secrets import secret_decrypt
 from apps.serving.services import deployment_create
-from tests.serving.conftest import bearer, make_model
+from tests.helpers import bearer
+from tests.serving.conftest import make_model
 
 SECRET = "Bearer sk-model-server-4f7a9c2e"
 
