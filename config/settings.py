@@ -93,6 +93,7 @@ TENANT_APPS = [
     "apps.apikeys",
     "apps.registry",
     "apps.serving",
+    "apps.inference",
     "apps.compliance",
     "apps.api",
     "apps.portal",
