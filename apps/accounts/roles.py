@@ -36,6 +36,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "axes.view_accesslog",
         "axes.view_accessfailurelog",
         "compliance.view_accessevent",
+        "compliance.view_inferencerecord",
     ],
     Role.DEVELOPER: [
         "accounts.view_user",
@@ -60,6 +61,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "axes.view_accesslog",
         "axes.view_accessfailurelog",
         "compliance.view_accessevent",
+        "compliance.view_inferencerecord",
     ],
     Role.VIEWER: [
         "accounts.view_user",

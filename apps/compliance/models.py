@@ -40,3 +40,108 @@ class AccessEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.reason} {self.method} {self.path}"
+
+
+class AppendOnlyError(RuntimeError):
+    """An attempt to change or delete a row of the inference record, which only ever grows."""
+
+
+class InferenceRecordQuerySet(models.QuerySet):
+    """Bulk `update()` and `delete()` bypass `save()` and `delete()`, so they are refused here too."""
+
+    def update(self, **kwargs):
+        raise AppendOnlyError("the inference record is append-only: rows are never updated")
+
+    def delete(self):
+        raise AppendOnlyError("the inference record is append-only: rows are never deleted")
+
+    update.queryset_only = True
+    delete.queryset_only = True
+
+
+class InferenceRecord(models.Model):
+    """One authenticated inference request, as the tenant's tamper-evident compliance record.
+
+    Each tenant's records form a hash chain in its own schema: `record_hash` covers every other column and
+    the previous record's hash, so an edited, deleted, inserted or reordered record shows up when
+    `chain_verify` recomputes the chain. Rows are written only by `records.record_append` and never change:
+    the ORM refuses updates and deletes, and a trigger makes the database refuse them as well.
+    Only hashes of the input and output are kept, never the payloads. Key, user and deployment are plain
+    ids, not foreign keys, so a record never blocks deleting them nor changes with them.
+    """
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        REFUSED = "refused", "Refused"
+        FAILED = "failed", "Failed"
+        TIMEOUT = "timeout", "Timed out"
+        UNAVAILABLE = "unavailable", "Unavailable"
+        WORKER_LOST = "worker_lost", "Worker lost"
+
+    sequence = models.PositiveBigIntegerField(unique=True)
+    request_id = models.CharField(max_length=64, unique=True)
+    key_id = models.BigIntegerField(null=True, blank=True)
+    key_prefix = models.CharField(max_length=32, blank=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    model_name = models.CharField(max_length=63)
+    model_version = models.PositiveIntegerField(null=True, blank=True)
+    alias = models.CharField(max_length=63, blank=True)
+    run_id = models.CharField(max_length=64, blank=True)
+    deployment_id = models.BigIntegerField(null=True, blank=True)
+    server_replica = models.CharField(max_length=300, blank=True)
+    received_at = models.DateTimeField()
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    input_sha256 = models.CharField(max_length=64)
+    output_sha256 = models.CharField(max_length=64, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    upstream_ms = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tokens_estimated = models.BooleanField(default=False)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    record_hash = models.CharField(max_length=64, unique=True)
+
+    objects = InferenceRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-sequence"]
+        indexes = [
+            models.Index(fields=["model_name", "model_version"], name="compliance_ir_model_idx"),
+            models.Index(fields=["received_at"], name="compliance_ir_received_idx"),
+            models.Index(fields=["key_prefix"], name="compliance_ir_key_prefix_idx"),
+            models.Index(fields=["status"], name="compliance_ir_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.request_id} {self.model_name} {self.status}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("the inference record is append-only: rows are never updated")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("the inference record is append-only: rows are never deleted")
+
+
+class ChainHead(models.Model):
+    """The end of this tenant's inference record chain: its last sequence number and hash.
+
+    The one mutable row of the chain. `record_append` locks it to serialise appends within the tenant
+    (other tenants have their own row in their own schema), and `chain_verify` compares it with the last
+    record, so deleting records from the tail of the chain is noticed too.
+    """
+
+    SINGLETON_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID, editable=False)
+    sequence = models.PositiveBigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"chain head at {self.sequence}"

@@ -1,0 +1,192 @@
+"""The tamper-evident inference record: appending to a tenant's hash chain and verifying it.
+
+Each record's `record_hash` is the SHA-256 of its own columns and the previous record's hash, so changing,
+removing, inserting or reordering any record breaks every link after it, and `chain_verify` names the first
+broken one. The one row appends contend on is the tenant's `ChainHead`, in the tenant's own schema: tenants
+never wait for each other, and inside a tenant the row lock lasts one INSERT and one UPDATE. The caller
+computes everything (the model's answer, hashes, timings, cost) before calling `record_append`, so the lock
+is never held across a model call or any other network round trip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django_tenants.utils import get_public_schema_name, schema_context
+
+from apps.compliance.models import ChainHead, InferenceRecord
+from apps.inference.hashing import sha256_hex
+
+GENESIS_HASH = "0" * 64
+
+# Every column the hash covers, in a fixed order; `id` is storage, the two hashes are the chain itself.
+RECORD_FIELDS: tuple[str, ...] = tuple(
+    field.name
+    for field in InferenceRecord._meta.concrete_fields
+    if field.name not in {"id", "prev_hash", "record_hash"}
+)
+
+REQUIRED_FIELDS = ("request_id", "model_name", "received_at", "status", "input_sha256")
+
+_FIELDS = {name: InferenceRecord._meta.get_field(name) for name in RECORD_FIELDS}
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of `chain_verify`: `first_broken_sequence` and `problem` describe the first broken link."""
+
+    ok: bool
+    checked: int
+    first_broken_sequence: int | None = None
+    problem: str = ""
+
+
+def _json_ready(name: str, value: object) -> object:
+    """The value as the hash sees it: the same before the INSERT and after reading the row back."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware")
+        return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    if isinstance(value, Decimal):
+        places = Decimal(1).scaleb(-_FIELDS[name].decimal_places)
+        return format(value.quantize(places), "f")
+    return value
+
+
+def record_hash(fields: dict, prev_hash: str) -> str:
+    """The hash of one record: its `RECORD_FIELDS` (missing ones count as null) chained to `prev_hash`."""
+    record = {name: _json_ready(name, fields.get(name)) for name in RECORD_FIELDS}
+    return sha256_hex({"prev": prev_hash, "record": record})
+
+
+def _record_build(fields: dict) -> InferenceRecord:
+    chained = set(fields) & {"id", "sequence", "prev_hash", "record_hash"}
+    if chained:
+        raise ValueError(f"{', '.join(sorted(chained))}: assigned by the chain, not by the caller")
+    unknown = set(fields) - set(RECORD_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown inference record fields: {', '.join(sorted(unknown))}")
+    missing = [name for name in REQUIRED_FIELDS if fields.get(name) in (None, "")]
+    if missing:
+        raise ValueError(f"inference record is missing required fields: {', '.join(missing)}")
+    for name, value in fields.items():
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware")
+    record = InferenceRecord(**fields)
+    try:
+        # Normalises values (IP addresses, decimals) to what the database gives back, so the hash recomputes.
+        record.clean_fields(exclude=["sequence", "prev_hash", "record_hash"])
+    except ValidationError as error:
+        details = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in error.message_dict.items())
+        raise ValueError(f"invalid inference record: {details}") from error
+    return record
+
+
+def _head_lock() -> ChainHead:
+    """The tenant's chain head, locked until the surrounding transaction ends; created on first use."""
+    heads = ChainHead.objects.select_for_update()
+    try:
+        head, _ = heads.get_or_create(id=ChainHead.SINGLETON_ID)
+    except IntegrityError:
+        # Another first append created it between our read and our insert; it is committed now.
+        head = heads.get(id=ChainHead.SINGLETON_ID)
+    return head
+
+
+def record_append(**fields) -> InferenceRecord:
+    """Append one inference record to the current tenant's chain and return it (ValueError if invalid).
+
+    Call it with everything already computed: the tenant's chain head stays locked from the SELECT ... FOR
+    UPDATE until this short transaction commits, and appends of the same tenant queue behind it. The
+    transaction is durable, so calling it inside another transaction (which would hold the lock until that
+    one ends) is a RuntimeError rather than a silent stall for every other request of the tenant.
+    """
+    record = _record_build(fields)
+    with transaction.atomic(durable=True):
+        head = _head_lock()
+        record.sequence = head.sequence + 1
+        record.prev_hash = head.last_hash
+        record.record_hash = record_hash({name: getattr(record, name) for name in RECORD_FIELDS}, record.prev_hash)
+        record.save(force_insert=True)
+        head.sequence = record.sequence
+        head.last_hash = record.record_hash
+        head.save(update_fields=["sequence", "last_hash"])
+    return record
+
+
+@contextmanager
+def _snapshot() -> Iterator[None]:
+    """One consistent view of records and head, so appends during a long walk do not look like damage."""
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
+def _label(row: dict) -> str:
+    return f"record {row['sequence']} (request {row['request_id']})"
+
+
+def _span(first: int, last: int) -> str:
+    return f"record {first}" if first == last else f"records {first} to {last}"
+
+
+def _walk() -> ChainReport:
+    expected, prev_hash, checked = 1, GENESIS_HASH, 0
+    rows = InferenceRecord.objects.order_by("sequence").values(*RECORD_FIELDS, "prev_hash", "record_hash")
+    for row in rows.iterator(chunk_size=2000):
+        sequence = row["sequence"]
+        if sequence > expected:
+            problem = f"{_span(expected, sequence - 1)} missing: deleted after being written ({_label(row)} comes next)"
+            return ChainReport(ok=False, checked=checked, first_broken_sequence=expected, problem=problem)
+        if sequence < expected:
+            problem = f"{_label(row)}: out of place, record {expected} was expected"
+            return ChainReport(ok=False, checked=checked, first_broken_sequence=expected, problem=problem)
+        if row["prev_hash"] != prev_hash:
+            problem = f"{_label(row)}: does not follow record {expected - 1} (records reordered or inserted)"
+            return ChainReport(ok=False, checked=checked, first_broken_sequence=sequence, problem=problem)
+        if record_hash(row, prev_hash) != row["record_hash"]:
+            problem = f"{_label(row)}: contents changed after it was written"
+            return ChainReport(ok=False, checked=checked, first_broken_sequence=sequence, problem=problem)
+        checked += 1
+        expected, prev_hash = sequence + 1, row["record_hash"]
+
+    last = expected - 1
+    head = ChainHead.objects.filter(id=ChainHead.SINGLETON_ID).first()
+    head_sequence, head_hash = (head.sequence, head.last_hash) if head else (0, GENESIS_HASH)
+    if head_sequence > last:
+        problem = f"{_span(last + 1, head_sequence)} missing from the end of the chain: deleted after being written"
+        return ChainReport(ok=False, checked=checked, first_broken_sequence=last + 1, problem=problem)
+    if head_sequence < last:
+        problem = f"{_span(head_sequence + 1, last)} added outside the chain (its head is at {head_sequence})"
+        return ChainReport(ok=False, checked=checked, first_broken_sequence=head_sequence + 1, problem=problem)
+    if head_hash != prev_hash:
+        problem = f"record {last}: its hash does not match the chain head (replaced after being written)"
+        return ChainReport(ok=False, checked=checked, first_broken_sequence=last, problem=problem)
+    return ChainReport(ok=True, checked=checked)
+
+
+def chain_verify(*, schema_name: str | None = None) -> ChainReport:
+    """Walk a tenant's records in order (the current schema, or `schema_name`) and report the first broken link.
+
+    Checks that sequences run 1, 2, 3 … (a gap is a deleted record), that each record names the previous
+    record's hash (else records were reordered or inserted), that each hash recomputes from the row (else it
+    was edited), and that the chain head matches the last record (else the tail was deleted).
+    """
+    context = schema_context(schema_name) if schema_name else nullcontext()
+    with context:
+        if connection.schema_name == get_public_schema_name():
+            raise ValueError("the inference record lives in tenant schemas; name one")
+        with _snapshot():
+            return _walk()
