@@ -115,13 +115,6 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 
 
 def _record_missing_credentials(request) -> None:
-    from apps.api.client_ip import client_ip
-    from apps.compliance.services import access_event_record
+    from apps.compliance.services import access_event_from_request
 
-    access_event_record(
-        reason="missing_credentials",
-        method=request.method,
-        path=request.path,
-        client_ip=client_ip(request),
-        request_id=request_id_of(request),
-    )
+    access_event_from_request(request, reason="missing_credentials")

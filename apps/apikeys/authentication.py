@@ -13,7 +13,7 @@ from apps.api.client_ip import client_ip
 from apps.apikeys.secrets import key_matches, key_parse
 from apps.apikeys.selectors import CachedKey, apikey_cached_get
 from apps.apikeys.usage import key_used
-from apps.compliance.services import access_event_record
+from apps.compliance.services import access_event_from_request
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,5 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     @staticmethod
     def _refuse(request, reason: str, prefix: str, message: str, code: str, status_code: int = 401):
-        access_event_record(
-            reason=reason,
-            method=request.method,
-            path=request.path,
-            client_ip=client_ip(request),
-            key_prefix=prefix,
-            request_id=getattr(request, "request_id", ""),
-        )
+        access_event_from_request(request, reason=reason, key_prefix=prefix)
         raise KeyRefused(message, code=code, status_code=status_code)

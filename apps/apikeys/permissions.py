@@ -1,8 +1,7 @@
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from apps.api.client_ip import client_ip
 from apps.apikeys.authentication import KeyPrincipal
-from apps.compliance.services import access_event_record
+from apps.compliance.services import access_event_from_request
 
 
 class HasScopes(BasePermission):
@@ -17,14 +16,11 @@ class HasScopes(BasePermission):
             return True
         missing = sorted(set(required) - set(request.auth.scopes))
         self.message = f"This API key lacks the scope {', '.join(missing)}."
-        access_event_record(
+        access_event_from_request(
+            request,
             reason="forbidden_scope",
-            method=request.method,
-            path=request.path,
-            client_ip=client_ip(request),
             key_prefix=request.auth.prefix,
             user_id=request.user.pk,
-            request_id=getattr(request._request, "request_id", ""),
             detail=f"missing {', '.join(missing)}",
         )
         return False

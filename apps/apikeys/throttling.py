@@ -3,10 +3,9 @@
 from django.db import connection
 from rest_framework.throttling import BaseThrottle
 
-from apps.api.client_ip import client_ip
 from apps.apikeys.authentication import KeyPrincipal
 from apps.apikeys.ratelimit import Bucket, Decision, limit_consume
-from apps.compliance.services import access_event_record
+from apps.compliance.services import access_event_from_request
 from apps.tenants.plans import plan_limits
 
 
@@ -29,14 +28,11 @@ class RateLimitThrottle(BaseThrottle):
         self.decision = limit_consume(namespace=connection.schema_name, buckets=request_buckets(request))
         request._request.ratelimit = self.decision
         if not self.decision.allowed:
-            access_event_record(
+            access_event_from_request(
+                request,
                 reason="rate_limited",
-                method=request.method,
-                path=request.path,
-                client_ip=client_ip(request),
                 key_prefix=request.auth.prefix if isinstance(request.auth, KeyPrincipal) else "",
                 user_id=request.user.pk,
-                request_id=getattr(request._request, "request_id", ""),
                 detail=f"{self.decision.bucket.name} over {self.decision.limit}/min",
             )
         return self.decision.allowed

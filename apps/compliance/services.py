@@ -189,3 +189,22 @@ def access_events_pending(*, schema_names: list[str]) -> list[str]:
     for schema in schema_names:
         pipe.exists(buffer_key(schema), dropped_key(schema))
     return [schema for schema, found in zip(schema_names, pipe.execute(), strict=True) if found]
+
+
+def access_event_from_request(
+    request, *, reason: str, key_prefix: str = "", user_id: int | None = None, detail: str = ""
+) -> None:
+    """`access_event_record` for a refused request: method, path, client IP and request id come from it."""
+    from apps.api.client_ip import client_ip
+
+    django_request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+    access_event_record(
+        reason=reason,
+        method=request.method,
+        path=request.path,
+        client_ip=client_ip(django_request),
+        key_prefix=key_prefix,
+        user_id=user_id,
+        request_id=getattr(django_request, "request_id", ""),
+        detail=detail,
+    )
