@@ -259,6 +259,14 @@ MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "ml
 MODEL_UPLOAD_MAX_BYTES = env.int("MODEL_UPLOAD_MAX_BYTES", default=200 * 1024 * 1024)
 SERVING_SECRET_KEY = env.str("SERVING_SECRET_KEY", default="")
 
+# --- Inference ------------------------------------------------------------------------------------
+
+# Consecutive failures (connection errors, timeouts, 5xx) that open a replica's circuit, and for how long.
+CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=3)
+CIRCUIT_OPEN_SECONDS = env.int("CIRCUIT_OPEN_SECONDS", default=15)
+# How long past a deployment's timeout the web process waits for a worker before declaring it lost.
+INFERENCE_WORKER_GRACE_SECONDS = env.float("INFERENCE_WORKER_GRACE_SECONDS", default=2.0)
+
 # --- Security (strict by default whenever DEBUG is off) ----------------------------------------
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
