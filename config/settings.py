@@ -81,6 +81,7 @@ SHARED_APPS = [
     "apps.accounts",
     "auditlog",
     "axes",
+    "apps.monitoring",
 ]
 TENANT_APPS = [
     "django.contrib.contenttypes",
@@ -336,6 +337,33 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
     },
 }
+
+# --- Monitoring ---------------------------------------------------------------------------------
+
+# Where gunicorn's workers keep their metric files. config/gunicorn.conf.py sets it for its workers (a folder
+# of its own under $VAR_DIR/prometheus unless given); where it is unset (tests, commands, Celery) the
+# metrics of a process live in its memory.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# /metrics (public host) answers a bearer token (empty: no token accepted) or a client inside these networks.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+
+def _metrics_networks() -> list[str]:
+    """Checked at start-up: a typo here must not surface as an error at the first scrape."""
+    import ipaddress
+
+    cidrs = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as error:
+            raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {error}") from None
+    return cidrs
+
+
+METRICS_ALLOWED_NETWORKS = _metrics_networks()
+# Scrapers often reach each web instance directly over plain HTTP; a redirect to HTTPS would only fail them.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 
 # --- Logging ----------------------------------------------------------------------------------------
 
