@@ -19,7 +19,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(DEVSTACK) run
 
-test: $(STAMP) lint
+# MLServer, the real Open Inference Protocol server the kserve-v2 adapter is tested against. It pins fastapi<0.116
+# and protobuf<7, older than what mlflow brings here, so it gets a venv of its own; scikit-learn and numpy match the
+# main venv so the model the tests pickle there loads the same in MLServer.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+MLSERVER_VERSION := 1.7.1
+
+.PHONY: mlserver-env
+mlserver-env: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): $(STAMP)
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(MLSERVER_VENV) || python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet mlserver==$(MLSERVER_VERSION) mlserver-sklearn==$(MLSERVER_VERSION) \
+		$$($(PY) -c 'import numpy, sklearn; print(f"numpy=={numpy.__version__} scikit-learn=={sklearn.__version__}")')
+	@touch $(MLSERVER_STAMP)
+
+test: $(STAMP) $(MLSERVER_STAMP) lint
 	$(DEVSTACK) exec -- sh -c '$(PY) manage.py makemigrations --check --dry-run && $(PY) -m pytest $(PYTEST_ARGS)'
 
 lint: $(STAMP)

@@ -46,6 +46,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "serving.manage_serving",
         "serving.view_modelserver",
         "serving.view_deployment",
+        "compliance.view_inferencerecord",
     ],
     Role.COMPLIANCE_OFFICER: [
         "accounts.view_user",
@@ -68,6 +69,8 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "registry.view_registeredmodel",
         "serving.view_modelserver",
         "serving.view_deployment",
+        # Hashes and metadata only, never a payload: the request log is safe for every role to read.
+        "compliance.view_inferencerecord",
     ],
 }
 

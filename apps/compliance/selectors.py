@@ -1,10 +1,12 @@
-"""Reads on the access audit."""
+"""Reads on the access audit and the inference record."""
 
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.shortcuts import get_object_or_404
 
-from apps.compliance.models import AccessEvent
+from apps.accounts.models import User
+from apps.compliance.models import AccessEvent, InferenceRecord
 
 
 def access_event_list(*, since: datetime | None = None, reason: str | None = None) -> QuerySet[AccessEvent]:
@@ -15,3 +17,44 @@ def access_event_list(*, since: datetime | None = None, reason: str | None = Non
     if reason is not None:
         events = events.filter(reason=reason)
     return events
+
+
+def _with_user_email(records: QuerySet[InferenceRecord]) -> QuerySet[InferenceRecord]:
+    """`user_email` on each record, in the same query: the record keeps a plain user id, not a foreign key."""
+    email = User.objects.filter(pk=OuterRef("user_id")).values("email")[:1]
+    return records.annotate(user_email=Subquery(email))
+
+
+def record_list(
+    *,
+    model_name: str | None = None,
+    model_version: int | None = None,
+    key_prefix: str | None = None,
+    status: str | None = None,
+    received_from: datetime | None = None,
+    received_to: datetime | None = None,
+) -> QuerySet[InferenceRecord]:
+    """The current tenant's inference records, newest first, narrowed by each filter that is given.
+
+    `received_from` is inclusive and `received_to` exclusive, so consecutive ranges never count a record twice.
+    Each record carries `user_email` (None for key-only or deleted users) without a query per row.
+    """
+    records = InferenceRecord.objects.order_by("-received_at", "-sequence")
+    if model_name:
+        records = records.filter(model_name=model_name)
+    if model_version is not None:
+        records = records.filter(model_version=model_version)
+    if key_prefix:
+        records = records.filter(key_prefix=key_prefix)
+    if status:
+        records = records.filter(status=status)
+    if received_from is not None:
+        records = records.filter(received_at__gte=received_from)
+    if received_to is not None:
+        records = records.filter(received_at__lt=received_to)
+    return _with_user_email(records)
+
+
+def record_get(*, request_id: str) -> InferenceRecord:
+    """Records exist only in the current tenant's schema: another tenant's request id is simply not found."""
+    return get_object_or_404(_with_user_email(InferenceRecord.objects.all()), request_id=request_id)

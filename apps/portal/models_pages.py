@@ -6,6 +6,7 @@ confirmation page first: a GET shows what will change and never changes anything
 
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,13 +14,16 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
+from redis.exceptions import RedisError
 
 from apps.api.errors import ApiError
+from apps.inference.balancer import CircuitState, circuit_states
 from apps.portal.forms import (
     ArchiveForm,
     DeploymentCreateForm,
@@ -36,6 +40,7 @@ from apps.registry import services as registry_services
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.serving import selectors as serving_selectors
 from apps.serving import services as serving_services
+from apps.serving.models import ModelServer
 from apps.serving.services import PRICE_FIELDS
 
 VIEW_MODELS = "registry.view_registeredmodel"
@@ -365,8 +370,37 @@ def servers(request: HttpRequest) -> HttpResponse:
     )
     if done:
         return done
-    context = {"servers": serving_selectors.server_list(), "form": form, "can_manage": can_manage}
+    rows = _servers_with_circuits(list(serving_selectors.server_list()))
+    context = {"rows": rows, "form": form, "can_manage": can_manage}
     return render(request, "portal/servers.html", context, status=status)
+
+
+def _servers_with_circuits(servers: list[ModelServer]) -> list[tuple]:
+    """Each server with its replicas and what the balancer's circuit breaker thinks of each (one Redis round trip
+    per server). The breaker can skip a replica its health probe calls up, so the page shows both.
+
+    Without Redis the page still shows health, with the circuits as unknown, and waits for Redis only once.
+    """
+    rows, reachable = [], True
+    for server in servers:
+        replicas = list(server.replicas.all())
+        states = {}
+        if reachable:
+            try:
+                states = circuit_states(
+                    schema=connection.schema_name, server_id=server.pk, urls=[replica.base_url for replica in replicas]
+                )
+            except RedisError:
+                reachable = False
+        rows.append((server, [(replica, _circuit_view(states.get(replica.base_url))) for replica in replicas]))
+    return rows
+
+
+def _circuit_view(state: CircuitState | None) -> dict | None:
+    if state is None:
+        return None
+    until = datetime.fromtimestamp(state.opened_until, tz=UTC) if state.opened_until is not None else None
+    return {"state": state.state, "failures": state.failures, "opened_until": until, "outstanding": state.outstanding}
 
 
 @login_required

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from apps.portal import keys, models_pages, views
+from apps.portal import inference_pages, keys, models_pages, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -27,5 +27,8 @@ urlpatterns = [
         models_pages.deployment_deactivate,
         name="deployment_deactivate",
     ),
+    path("playground/", inference_pages.playground, name="playground"),
+    path("requests/", inference_pages.request_log, name="request_log"),
+    path("requests/<str:request_id>/", inference_pages.request_detail, name="request_detail"),
     path("invitation/<uidb64>/<token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
 ]

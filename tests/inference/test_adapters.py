@@ -1,8 +1,8 @@
 """The protocol adapters against real servers on loopback: `mlflow models serve` for MLflow, and tiny local HTTP
 servers for what a real server cannot be made to do on demand (answer late) or is not in the suite yet.
 
-The kserve-v2 adapter is checked here against a local server that answers a fixed Open Inference Protocol
-response; a test against a real MLServer process is still to come.
+The kserve-v2 adapter's wire format is pinned here against a local server that answers a fixed Open Inference
+Protocol response; `test_kserve_mlserver.py` checks the same adapter against a real MLServer.
 """
 
 from __future__ import annotations
