@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run test lint format manage shell clean bench-auth mlflow-ui
+.PHONY: install run worker test lint format manage shell clean bench-auth mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(DEVSTACK) run
+
+# An inference worker for one GPU pool (queue pool.$(POOL)), joining a running `make run`:
+#   make worker POOL=gpu-a
+worker: $(STAMP)
+	@test -n "$(POOL)" || (echo "usage: make worker POOL=<gpu pool>" && exit 2)
+	$(DEVSTACK) worker --pool $(POOL)
 
 # MLServer, the real Open Inference Protocol server the kserve-v2 adapter is tested against. It pins fastapi<0.116
 # and protobuf<7, older than what mlflow brings here, so it gets a venv of its own; scikit-learn and numpy match the

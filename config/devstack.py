@@ -7,6 +7,7 @@ and on exit (Ctrl-C included) it stops its children first, then the services: no
 
     python -m config.devstack run            # migrate, seed the demo, gunicorn + worker + beat
     python -m config.devstack exec -- CMD    # run CMD with the services up (tests, manage.py ...)
+    python -m config.devstack worker --pool gpu-a   # one more inference worker, for a running `run`
 """
 
 from __future__ import annotations
@@ -209,7 +210,11 @@ def run_portal() -> int:
             if os.environ["DEBUG"] in ("0", "false", "False"):
                 manage("collectstatic", "--noinput", "-v", "0")
             manage("seed_demo")
-            return _supervise(_portal_commands() | _demo_model_server())
+            _services_file_write()
+            try:
+                return _supervise(_portal_commands() | _demo_model_server())
+            finally:
+                _services_file().unlink(missing_ok=True)
     except (_Interrupted, KeyboardInterrupt):
         return 0
     except subprocess.CalledProcessError as error:
@@ -217,9 +222,27 @@ def run_portal() -> int:
         return 1
 
 
+def _services_file() -> Path:
+    return var_dir() / "services.env"
+
+
+def _services_file_write() -> None:
+    """Where the running portal's PostgreSQL and Redis are, so `worker` can join them from another terminal."""
+    path = _services_file()
+    path.write_text(f"DATABASE_URL={os.environ['DATABASE_URL']}\nREDIS_URL={os.environ['REDIS_URL']}\n")
+    path.chmod(0o600)
+
+
+def pool_queues(pools: str) -> str:
+    """Celery queue names for comma-separated GPU pools: `cpu,gpu-a` -> `pool.cpu,pool.gpu-a`."""
+    return ",".join(f"pool.{pool.strip()}" for pool in pools.split(",") if pool.strip())
+
+
 def _portal_commands() -> dict[str, list[str]]:
     queue = os.environ.get("CELERY_DEFAULT_QUEUE", "default")
     concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
+    # The demo model server is in pool `cpu`; more pools get their own workers (`make worker POOL=...`).
+    queue = f"{queue},{pool_queues(os.environ.get('WORKER_POOLS', 'cpu'))}"
     return {
         "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
         "worker": [
@@ -303,8 +326,11 @@ def _print_welcome() -> None:
         f"    try: curl -H 'Authorization: Bearer {values.get('DEMO_API_KEY')}' {values.get('PORTAL_URL')}/api/v1/me\n"
         f"  Demo model:               {values.get('DEMO_MODEL')} v{values.get('DEMO_MODEL_VERSION')} (champion),"
         f" served by mlflow at {values.get('DEMO_MODEL_URL')}\n"
-        f"    try: curl -H 'Content-Type: application/json' --data @example.json"
-        f" {values.get('DEMO_MODEL_URL')}/invocations\n"
+        f"    predict through the portal (from this folder):\n"
+        f"    curl -H 'Authorization: Bearer {values.get('DEMO_API_KEY')}' -H 'Content-Type: application/json'"
+        f" -d @example.json {values.get('PORTAL_URL')}/api/v1/models/{values.get('DEMO_MODEL')}/predict\n"
+        f'    or: set -a; . {demo_env}; set +a; curl -H "Authorization: Bearer $DEMO_API_KEY"'
+        f" -H 'Content-Type: application/json' -d @example.json $PORTAL_URL/api/v1/models/$DEMO_MODEL/predict\n"
         f"  Demo values for scripts:  {demo_env}\n"
         f"  Stop with Ctrl-C.\n",
         flush=True,
@@ -327,15 +353,38 @@ def exec_command(command: list[str]) -> int:
             process.wait()
 
 
+def run_worker(pools: str, concurrency: str) -> int:
+    """An inference worker for `pools`, on the services of a running `run` (or DATABASE_URL / REDIS_URL)."""
+    if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+        path = _services_file()
+        if not path.exists():
+            log(f"no running portal ({path} is missing): start `make run` first, or set DATABASE_URL and REDIS_URL")
+            return 1
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            os.environ.setdefault(name, value)
+    os.environ.setdefault("DEBUG", "1")
+    queues = pool_queues(pools)
+    log(f"worker for {queues}")
+    command = [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "INFO", "-Q", queues, "-c", concurrency,
+               "-n", f"{pools.replace(',', '+')}@%h"]  # fmt: skip
+    return subprocess.call(command, cwd=BASE_DIR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m config.devstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("run", help="run the whole portal with a demo tenant")
     exec_parser = sub.add_parser("exec", help="run a command with the services up")
     exec_parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    worker_parser = sub.add_parser("worker", help="an inference worker for GPU pools, joining a running portal")
+    worker_parser.add_argument("--pool", required=True, help="comma-separated GPU pools, e.g. gpu-a,gpu-b")
+    worker_parser.add_argument("--concurrency", default=os.environ.get("WORKER_CONCURRENCY", "2"))
     args = parser.parse_args(argv)
     if args.action == "run":
         return run_portal()
+    if args.action == "worker":
+        return run_worker(args.pool, args.concurrency)
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         parser.error("exec needs a command, e.g. exec -- pytest")

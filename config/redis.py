@@ -16,6 +16,14 @@ def get_redis() -> redis.Redis:
     )
 
 
+@cache
+def get_redis_for_waiting() -> redis.Redis:
+    """A client for blocking reads (BLPOP) that may legitimately wait up to a deployment's longest timeout."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, health_check_interval=30, socket_connect_timeout=1, socket_timeout=700
+    )
+
+
 def cached_object_get(key: str):
     """A pickled object stored by `cached_object_set`, or None. Only the portal writes these keys.
 

@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import tenant_context
 
-from tests.helpers import PASSWORD, host_of, start_portal_server
+from tests.helpers import PASSWORD, host_of, start_model_server, start_portal_server
 
 
 @dataclass
@@ -190,42 +190,8 @@ def iris_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_model(iris_model_dir):
     """A real `mlflow models serve` process on loopback for the session (it takes a few seconds to start)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import requests
-
-    from tests.helpers import free_port
-
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(iris_model_dir), "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.3)
-        else:
-            raise RuntimeError("mlflow models serve did not start")
+    with start_model_server(iris_model_dir) as (url, _):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
 
 
 @pytest.fixture

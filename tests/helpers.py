@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,3 +94,38 @@ def live_get(base: str, host: str, path: str, **kwargs) -> requests.Response:
     headers = {"Host": f"{host}:{port}", **kwargs.pop("headers", {})}
     method = kwargs.pop("method", "GET")
     return requests.request(method, f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30, **kwargs)
+
+
+@contextlib.contextmanager
+def start_model_server(model_dir: Path, *, wait: bool = True) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow models serve` of `model_dir` on a free loopback port; yields (url, process)."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait:
+            model_server_wait(url)
+        yield url, process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def model_server_wait(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/ping", timeout=2).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise RuntimeError(f"the model server at {url} did not start")

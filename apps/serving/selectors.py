@@ -62,6 +62,9 @@ class Route:
     canary_run_id: str
     prices: Prices
     signature: dict | None
+    canary_signature: dict | None = None
+    # Whether the server wants an auth header; its value never enters the cached route.
+    auth_header: bool = False
 
 
 def _route_key(schema: str, model_name: str, label: str) -> str:
@@ -221,6 +224,8 @@ def _route(model: RegisteredModel, deployment: Deployment, target: ModelVersion,
             per_gpu_second=deployment.price_per_gpu_second,
         ),
         signature=target.signature,
+        canary_signature=canary.signature if canary else None,
+        auth_header=server.has_auth_header,
     )
 
 
@@ -230,6 +235,12 @@ def server_auth_headers(server: ModelServer) -> dict[str, str]:
         return {}
     value = secret_decrypt(server.auth_header_value_encrypted)
     return {server.auth_header_name: value} if value is not None else {}
+
+
+def server_auth_headers_by_id(*, server_id: int) -> dict[str, str]:
+    """`server_auth_headers` for a server known by id (a worker holding only a route); empty if it is gone."""
+    server = ModelServer.objects.filter(pk=server_id).first()
+    return server_auth_headers(server) if server is not None else {}
 
 
 def server_list() -> QuerySet[ModelServer]:

@@ -209,12 +209,6 @@ def test_input_the_model_cannot_use_is_a_server_failure_not_a_crash(mlserver, bo
     assert caught.value.message.startswith("The model server failed (500): ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLServer runs with debug on by default and answers a model error with the whole Python traceback as "
-    "text/plain; apps.inference.adapters.base._error_message passes its first 500 characters (file paths, no "
-    "exception) to the client instead of the exception line at the end",
-)
 def test_a_model_failure_names_the_models_exception_not_a_traceback(mlserver):
     body = {"dataframe_split": {"columns": IRIS_COLUMNS[:3], "data": [r[:3] for r in ROWS]}}
 

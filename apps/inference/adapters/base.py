@@ -111,6 +111,10 @@ def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[obje
         raise UpstreamUnavailable(f"The model server connection failed: {exc}", sent=True) from exc
     elapsed_ms = (time.perf_counter() - started) * 1000
     status = response.status_code
+    if status >= 500:
+        # Some servers (uvicorn behind MLServer) drop the connection after an error without saying so; reusing it
+        # would fail the next, unrelated request with a reset and count against a healthy replica.
+        _connection_discard(response)
     if 400 <= status < 500:
         raise UpstreamRejected(_error_message(response), status)
     if status >= 500:
@@ -124,8 +128,18 @@ def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[obje
     return decoded, status, elapsed_ms
 
 
+def _connection_discard(response: httpx.Response) -> None:
+    stream = response.extensions.get("network_stream")
+    if stream is not None:
+        stream.close()
+
+
 def _error_message(response: httpx.Response) -> str:
-    """The server's own message when it sent one (`message` for MLflow, `error` for Triton and MLServer)."""
+    """The server's own message when it sent one (`message` for MLflow, `error` for Triton and MLServer).
+
+    A server in debug mode may answer with a Python traceback: only its last line, the exception, is passed
+    on, never the server's file paths and code.
+    """
     try:
         decoded = response.json()
     except ValueError:
@@ -133,5 +147,12 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(decoded, dict):
         for key in ("message", "error"):
             if isinstance(decoded.get(key), str) and decoded[key]:
-                return decoded[key][:MESSAGE_LIMIT]
-    return response.text[:MESSAGE_LIMIT] or f"HTTP {response.status_code}"
+                return _without_traceback(decoded[key])[:MESSAGE_LIMIT]
+    return _without_traceback(response.text)[:MESSAGE_LIMIT] or f"HTTP {response.status_code}"
+
+
+def _without_traceback(text: str) -> str:
+    if "Traceback (most recent call last)" not in text:
+        return text
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,199 @@
+"""The predict path on the worker side: pick a replica, call it, record the request, answer the waiting web process.
+
+Runs in a Celery worker of the model's GPU pool, in the tenant's schema. The upstream call never outlives the
+request's deadline, so a live worker always answers before the web process stops waiting. Only connection
+failures before anything was sent move on to another replica; a request that may have reached a model is
+never sent twice. The record is appended after the model call, so no lock is held across it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from decimal import Decimal
+from functools import lru_cache
+
+from django.db import IntegrityError, connection
+from django.utils import timezone
+
+from apps.compliance.models import InferenceRecord
+from apps.compliance.records import record_append
+from apps.inference.adapters import UpstreamError, UpstreamRejected, UpstreamRequest, UpstreamUnavailable, adapter_for
+from apps.inference.balancer import replica_pick, replica_release
+from apps.inference.hashing import sha256_hex
+from apps.inference.payloads import payload_parse
+from apps.serving.selectors import server_auth_headers_by_id
+from config.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+Status = InferenceRecord.Status
+REPLY_SECONDS = 60
+HEADER_CACHE_SECONDS = 60
+COST_PLACES = Decimal("0.000001")
+
+_STATUS_OF = {
+    "upstream_timeout": Status.TIMEOUT,
+    "model_unavailable": Status.UNAVAILABLE,
+}
+
+
+def predict_run(envelope: dict) -> str:
+    """Serve one dispatched request end to end; returns the record's status (for logs and tests)."""
+    from apps.inference.services import reply_key
+
+    schema = connection.schema_name
+    request_id = envelope["request_id"]
+    if time.time() >= envelope["deadline"]:
+        # The web process has given up (or is about to) and records the timeout itself: calling the model
+        # now would produce an answer nobody receives.
+        logger.warning("request %s reached a worker after its deadline; dropped", request_id)
+        return Status.TIMEOUT
+    reply, fields = _call_model(schema, envelope)
+    try:
+        record_append(**fields)
+    except IntegrityError:
+        logger.warning("request %s was recorded by the web process first (it stopped waiting)", request_id)
+    except Exception:
+        logger.exception("could not record request %s", request_id)
+        reply = {
+            "status": Status.FAILED,
+            "code": "record_unavailable",
+            "http_status": 503,
+            "message": "The answer could not be recorded, so it is withheld; try again.",
+            "retry_after": 5,
+        }
+    pipeline = get_redis().pipeline(transaction=False)
+    key = reply_key(schema, request_id)
+    pipeline.rpush(key, json.dumps(reply))
+    pipeline.expire(key, REPLY_SECONDS)
+    pipeline.execute()
+    return reply["status"]
+
+
+def _call_model(schema: str, envelope: dict) -> tuple[dict, dict]:
+    """Try replicas until one answers or a failure that must not be retried; returns (reply, record fields)."""
+    request_id = envelope["request_id"]
+    adapter = adapter_for(envelope["protocol"])
+    parsed = payload_parse(envelope["body"])
+    headers = _auth_headers(schema, envelope["server_id"]) if envelope["auth_header"] else {}
+    remaining = list(envelope["replica_urls"])
+    replica, answer, error, retry_after = "", None, None, 0
+    while True:
+        seconds_left = envelope["deadline"] - time.time()
+        if seconds_left <= 0:
+            error = UpstreamError("upstream_timeout", "The model server did not answer in time.", 504)
+            break
+        pick = replica_pick(
+            schema=schema,
+            server_id=envelope["server_id"],
+            urls=remaining,
+            request_id=request_id,
+            hold_seconds=seconds_left + 5,
+        )
+        if pick.url is None:
+            error = UpstreamUnavailable("No replica of the model server is available.", sent=False)
+            retry_after = pick.retry_after
+            break
+        replica = pick.url
+        request = UpstreamRequest(
+            base_url=replica,
+            model_name=envelope["model_name"],
+            version=None,
+            parsed=parsed,
+            timeout_seconds=seconds_left,
+            headers=headers,
+        )
+        try:
+            answer = adapter.predict(request)
+        except UpstreamError as exc:
+            healthy = isinstance(exc, UpstreamRejected)
+            replica_release(
+                schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=healthy
+            )
+            if isinstance(exc, UpstreamUnavailable) and not exc.sent:
+                remaining.remove(replica)
+                continue
+            error = exc
+            break
+        replica_release(
+            schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=True
+        )
+        break
+    return _outcome(envelope, replica, answer, error, retry_after)
+
+
+def _outcome(envelope: dict, replica: str, answer, error: UpstreamError | None, retry_after: int) -> tuple[dict, dict]:
+    answered_at = timezone.now()
+    received_at = dt.datetime.fromisoformat(envelope["received_at"])
+    fields = {
+        "request_id": envelope["request_id"],
+        "key_id": envelope["key_id"],
+        "key_prefix": envelope["key_prefix"],
+        "user_id": envelope["user_id"],
+        "client_ip": envelope["client_ip"],
+        "model_name": envelope["model_name"],
+        "model_version": envelope["version"],
+        "alias": envelope["alias"],
+        "run_id": envelope["run_id"],
+        "deployment_id": envelope["deployment_id"],
+        "server_replica": replica[:300],
+        "received_at": received_at,
+        "dispatched_at": dt.datetime.fromisoformat(envelope["dispatched_at"]),
+        "answered_at": answered_at,
+        "input_sha256": envelope["input_sha256"],
+        "latency_ms": max(0, int((answered_at - received_at).total_seconds() * 1000)),
+    }
+    if error is not None:
+        status = _STATUS_OF.get(error.code, Status.FAILED)
+        fields.update(status=status, error_code=error.code)
+        reply = {
+            "status": status,
+            "code": error.code,
+            "http_status": error.status_code,
+            "message": error.message,
+            "retry_after": retry_after or (5 if status == Status.UNAVAILABLE else 0),
+        }
+        return reply, fields
+    upstream_ms = round(answer.upstream_ms, 2)
+    fields.update(
+        status=Status.OK,
+        output_sha256=_output_hash(answer.output),
+        upstream_ms=int(upstream_ms),
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        cost=_cost(envelope["prices"], answer),
+    )
+    reply = {"status": Status.OK, "output": answer.output, "upstream_ms": upstream_ms}
+    return reply, fields
+
+
+def _output_hash(output: object) -> str:
+    try:
+        return sha256_hex(output)
+    except ValueError:  # a model answered NaN or Infinity: hash the same canonical form, with those allowed
+        text = json.dumps(output, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _cost(prices: dict, answer) -> Decimal:
+    """Per request, plus per 1k tokens (when the server counted them), plus per GPU second of upstream time."""
+    cost = Decimal(prices["per_request"])
+    tokens = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
+    if tokens:
+        cost += Decimal(prices["per_1k_tokens"]) * tokens / 1000
+    cost += Decimal(prices["per_gpu_second"]) * Decimal(str(answer.upstream_ms)) / 1000
+    return cost.quantize(COST_PLACES)
+
+
+@lru_cache(maxsize=256)
+def _cached_headers(schema: str, server_id: int, period: int) -> tuple[tuple[str, str], ...]:
+    return tuple(server_auth_headers_by_id(server_id=server_id).items())
+
+
+def _auth_headers(schema: str, server_id: int) -> dict[str, str]:
+    """The server's auth header, read from the database at most once a minute per worker process."""
+    return dict(_cached_headers(schema, server_id, int(time.time() // HEADER_CACHE_SECONDS)))

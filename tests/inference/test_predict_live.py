@@ -1,0 +1,485 @@
+"""The predict path end to end: gunicorn, a real Celery worker process, real `mlflow models serve` processes.
+
+Everything here is committed (the web and worker processes cannot see a test's transaction), in a tenant
+of this module's own, so the records it leaves behind (append-only, by design) disturb no other test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django_tenants.utils import tenant_context
+
+from apps.accounts.models import User
+from apps.apikeys.models import ApiKey
+from apps.apikeys.services import apikey_create
+from apps.compliance.models import InferenceRecord
+from apps.compliance.records import chain_verify
+from apps.inference.hashing import sha256_hex
+from apps.registry import services as registry
+from apps.serving import services as serving
+from apps.tenants.models import Tenant
+from apps.tenants.services import tenant_signup
+from tests.helpers import PASSWORD, database_url_for_tests, free_port, start_model_server, start_portal_server
+from tests.registry.test_registry_api import zipped
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "example.json").read_text())
+pytestmark = pytest.mark.slow
+
+SLEEPY_CODE = '''
+import time
+
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class Sleepy(mlflow.pyfunc.PythonModel):
+    """Answers the row count after sleeping `delay` seconds: a model whose latency a test controls."""
+
+    def predict(self, context, model_input, params=None):
+        time.sleep(float((params or {}).get("delay", 0.0)))
+        return [float(len(model_input))] * len(model_input)
+
+
+set_model(Sleepy())
+'''
+
+
+@pytest.fixture(scope="module")
+def sleepy_model_dir(tmp_path_factory):
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    scratch = tmp_path_factory.mktemp("sleepy")
+    code = scratch / "sleepy_model.py"
+    code.write_text(SLEEPY_CODE)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", "x")]),
+        outputs=Schema([ColSpec("double")]),
+        params=ParamSchema([ParamSpec("delay", "double", 0.0)]),
+    )
+    path = scratch / "model"
+    mlflow.pyfunc.save_model(str(path), python_model=str(code), signature=signature, pip_requirements=["pandas"])
+    return path
+
+
+class Stack:
+    """The live pieces and the names the tests need."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def post(self, path: str, *, secret: str | None = None, body=None, raw: bytes | None = None, headers=None):
+        port = self.base.rsplit(":", 1)[1]
+        sent = {"Host": f"{self.host}:{port}", **(headers or {})}
+        if secret:
+            sent["Authorization"] = f"Bearer {secret}"
+        if raw is None:
+            raw = json.dumps(body if body is not None else EXAMPLE).encode()
+            sent.setdefault("Content-Type", "application/json")
+        return requests.post(f"http://127.0.0.1:{port}{path}", data=raw, headers=sent, timeout=60)
+
+    def predict(self, model: str, *, query: str = "", **kwargs):
+        return self.post(f"/api/v1/models/{model}/predict{query}", secret=kwargs.pop("secret", self.secret), **kwargs)
+
+    def record(self, request_id: str) -> InferenceRecord:
+        with tenant_context(self.tenant):
+            return InferenceRecord.objects.get(request_id=request_id)
+
+
+def _worker(pool: str):
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_DEFAULT_QUEUE": f"{pool}-default"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"pool.{pool}", "--concurrency", "2",
+         "--pool", "prefork", "-l", "WARNING", "--without-heartbeat", "--without-mingle", "--without-gossip",
+         "-n", f"{pool}@%h"],
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, sleepy_model_dir, tmp_path_factory):
+    pool = f"t{uuid.uuid4().hex[:8]}"
+    slug = f"echo{uuid.uuid4().hex[:6]}"
+    scratch = tmp_path_factory.mktemp("archives")
+    with (
+        start_model_server(iris_model_dir) as (iris_url, _),
+        start_model_server(sleepy_model_dir) as (sleepy_url, _),
+        start_portal_server(workers=3) as base,
+        django_db_blocker.unblock(),
+    ):
+        tenant = tenant_signup(
+            name="Echo", slug=slug, owner_email=f"owner@{slug}.example", owner_password=PASSWORD, plan="enterprise"
+        ).tenant
+        with tenant_context(tenant):
+            owner = User.objects.get(email=f"owner@{slug}.example")
+            iris = registry.model_create(actor=owner, name="iris")
+            versions = []
+            for index in range(2):
+                archive = scratch / f"iris-{index}.zip"
+                archive.write_bytes(zipped(iris_model_dir).getvalue())
+                versions.append(registry.version_register_from_upload(actor=owner, model=iris, archive=archive))
+            registry.model_promote(actor=owner, model=iris, version=versions[0])
+            registry.model_promote(actor=owner, model=iris, version=versions[1])
+            cpu = serving.server_create(
+                actor=owner, name="cpu", protocol="mlflow", gpu_pool=pool, replica_urls=[iris_url]
+            )
+            serving.deployment_create(actor=owner, model=iris, server=cpu, alias="champion")
+
+            sleepy = registry.model_create(actor=owner, name="sleepy")
+            archive = scratch / "sleepy.zip"
+            archive.write_bytes(zipped(sleepy_model_dir).getvalue())
+            registry.model_promote(
+                actor=owner,
+                model=sleepy,
+                version=registry.version_register_from_upload(actor=owner, model=sleepy, archive=archive),
+            )
+            slow = serving.server_create(
+                actor=owner,
+                name="slow",
+                protocol="mlflow",
+                gpu_pool=pool,
+                replica_urls=[sleepy_url],
+                request_timeout_seconds=3,
+            )
+            serving.deployment_create(actor=owner, model=sleepy, server=slow, alias="champion")
+            _, secret = apikey_create(actor=owner, name="live", scopes=["inference", "models:read", "models:write"])
+        connection.set_schema_to_public()
+        worker = _worker(pool)
+        stack = Stack(
+            base=base,
+            host=f"{slug}.localhost",
+            tenant=tenant,
+            owner=owner,
+            secret=secret,
+            pool=pool,
+            worker=worker,
+            iris_url=iris_url,
+            cpu=cpu,
+            iris_model_dir=iris_model_dir,
+        )
+        try:
+            _wait_for_worker(stack)
+            yield stack
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            connection.set_schema_to_public()
+
+
+def _wait_for_worker(stack: Stack) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if stack.predict("iris").status_code == 200:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the worker never answered")
+
+
+@pytest.fixture
+def as_db(django_db_blocker):
+    with django_db_blocker.unblock():
+        yield
+    connection.set_schema_to_public()
+
+
+# --- the happy path and its record --------------------------------------------------------------------------
+
+
+def test_predict_answers_with_output_version_and_request_id(stack, as_db):
+    response = stack.predict("iris")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["output"]) == 2
+    assert body["model"] == "iris"
+    assert body["model_version"] == "2"
+    assert body["alias"] == "champion"
+    assert body["pinned"] is False
+    assert body["latency_ms"] > 0
+    assert response.headers["X-Model-Version"] == "2"
+    assert response.headers["X-Request-ID"] == body["request_id"]
+
+
+def test_each_request_leaves_one_record_with_the_hashes_of_what_went_in_and_out(stack, as_db):
+    records_form = {"dataframe_records": [dict(zip(EXAMPLE["dataframe_split"]["columns"], row, strict=True))
+                                          for row in EXAMPLE["dataframe_split"]["data"]]}  # fmt: skip
+    answers = [stack.predict("iris"), stack.predict("iris", body=records_form)]
+
+    for answer in answers:
+        assert answer.status_code == 200
+        record = stack.record(answer.json()["request_id"])
+        assert record.status == "ok"
+        # Both forms are forwarded (and hashed) as the same dataframe_split.
+        assert record.input_sha256 == sha256_hex(EXAMPLE)
+        assert record.output_sha256 == sha256_hex(answer.json()["output"])
+        assert record.model_version == 2
+        assert record.alias == "champion"
+        assert record.server_replica == stack.iris_url
+        assert record.key_prefix
+        assert record.received_at <= record.dispatched_at <= record.answered_at
+        assert record.latency_ms >= record.upstream_ms >= 0
+    with tenant_context(stack.tenant):
+        ids = [answer.json()["request_id"] for answer in answers]
+        assert InferenceRecord.objects.filter(request_id__in=ids).count() == 2
+        assert chain_verify().ok
+
+
+# --- which version answers ----------------------------------------------------------------------------------
+
+
+def test_a_keys_pin_beats_alias_and_version(stack, as_db):
+    with tenant_context(stack.tenant):
+        _, pinned = apikey_create(actor=stack.owner, name="legal", scopes=["inference"], model_pins={"iris": "1"})
+
+    for query in ("", "?alias=champion", "?version=2"):
+        response = stack.predict("iris", query=query, secret=pinned)
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == "1"
+        assert response.json()["pinned"] is True
+        assert response.headers["X-Model-Version"] == "1"
+    assert stack.predict("iris", query="?version=1").json()["pinned"] is False
+
+
+def test_rollback_changes_the_answering_version_on_the_next_request(stack, as_db):
+    assert stack.predict("iris").json()["model_version"] == "2"
+
+    rollback = stack.post("/api/v1/models/iris/rollback", secret=stack.secret, body={"reason": "v2 misbehaves"})
+    assert rollback.status_code == 200, rollback.text
+    try:
+        assert stack.predict("iris").json()["model_version"] == "1"
+    finally:
+        promote = stack.post("/api/v1/models/iris/promote", secret=stack.secret, body={"version": 2})
+        assert promote.status_code == 200, promote.text
+    assert stack.predict("iris").json()["model_version"] == "2"
+
+
+# --- refusals: recorded, never dispatched ---------------------------------------------------------------------
+
+
+def test_a_signature_mismatch_is_a_422_naming_the_field_and_the_model_is_not_called(stack, as_db):
+    body = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                                "data": [[5.1, "wide", 1.4, 0.2]]}}  # fmt: skip
+
+    response = stack.predict("iris", body=body)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "signature_mismatch"
+    assert "sepal_width" in error["message"]
+    record = stack.record(error["request_id"])
+    assert (record.status, record.error_code) == ("refused", "signature_mismatch")
+    assert record.dispatched_at is None
+    assert record.server_replica == ""
+    assert record.input_sha256 == sha256_hex(body)
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "code"),
+    [
+        (b'{"dataframe_split": ', "application/json", 400, "malformed_json"),
+        (b"sepal_length=5.1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"rows": []}', "application/json", 422, "invalid_payload"),
+        (b"[1, 2]", "application/json", 422, "invalid_payload"),
+    ],
+)
+def test_bad_bodies_get_clear_errors_and_records(stack, as_db, raw, content_type, status, code):
+    response = stack.predict("iris", raw=raw, headers={"Content-Type": content_type})
+
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert stack.record(error["request_id"]).status == "refused"
+
+
+def test_an_oversized_body_is_a_413(stack, as_db):
+    response = stack.predict("iris", raw=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unknown_models_versions_and_aliases_are_404_and_recorded(stack, as_db):
+    for model, query in (("nope", ""), ("iris", "?version=99"), ("iris", "?alias=nobody")):
+        response = stack.predict(model, query=query)
+        assert response.status_code == 404, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_not_found"
+        assert stack.record(error["request_id"]).status == "refused"
+    assert stack.predict("iris", query="?version=two").status_code == 400
+
+
+def test_without_the_inference_scope_or_a_key_nothing_runs(stack, as_db):
+    with tenant_context(stack.tenant):
+        _, reader = apikey_create(actor=stack.owner, name="reader", scopes=["models:read"])
+
+    assert stack.predict("iris", secret=reader).status_code == 403
+    assert stack.predict("iris", secret="").status_code == 401
+    assert stack.predict("iris", secret="pk_live_bogus.bogus").status_code == 401
+
+
+def test_another_tenants_key_and_model_names_are_unknown_here(stack, as_db):
+    bravo = Tenant.objects.get(schema_name="bravo")
+    with tenant_context(bravo):
+        key, bravo_secret = apikey_create(actor=User.objects.get(email="charlie@bravo.example"), name="x",
+                                          scopes=["inference"])  # fmt: skip
+    connection.set_schema_to_public()
+    try:
+        refused = stack.predict("iris", secret=bravo_secret)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+
+        port = stack.base.rsplit(":", 1)[1]
+        headers = {"Host": f"bravo.localhost:{port}", "Authorization": f"Bearer {bravo_secret}"}
+        url = f"http://127.0.0.1:{port}/api/v1/models/{{}}/predict"
+        on_bravo = requests.post(url.format("iris"), json=EXAMPLE, headers=headers, timeout=30)
+        missing = requests.post(url.format("never-existed"), json=EXAMPLE, headers=headers, timeout=30)
+        assert on_bravo.status_code == missing.status_code == 404
+        assert on_bravo.json()["error"]["message"].replace("iris", "X") == missing.json()["error"]["message"].replace(
+            "never-existed", "X"
+        )
+    finally:
+        with tenant_context(bravo):
+            ApiKey.objects.filter(pk=key.pk).delete()
+        connection.set_schema_to_public()
+
+
+# --- upstream trouble ----------------------------------------------------------------------------------------
+
+
+def test_a_model_slower_than_its_timeout_is_a_504_recorded_as_timeout(stack, as_db):
+    started = time.monotonic()
+    response = stack.predict("sleepy", body={"dataframe_split": {"columns": ["x"], "data": [[1.0]]},
+                                             "params": {"delay": 8.0}})  # fmt: skip
+
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 7
+    record = stack.record(response.json()["error"]["request_id"])
+    assert (record.status, record.error_code) == ("timeout", "upstream_timeout")
+
+
+def test_no_replica_answering_is_a_503_with_retry_after(stack, as_db):
+    with tenant_context(stack.tenant):
+        dead = serving.server_create(
+            actor=stack.owner,
+            name=f"dead-{uuid.uuid4().hex[:6]}",
+            protocol="mlflow",
+            gpu_pool=stack.pool,
+            replica_urls=[f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"],
+        )
+        model = registry.model_create(actor=stack.owner, name=f"down-{uuid.uuid4().hex[:6]}")
+        archive = Path(stack.iris_model_dir).parent / f"{model.name}.zip"
+        archive.write_bytes(zipped(stack.iris_model_dir).getvalue())
+        version = registry.version_register_from_upload(actor=stack.owner, model=model, archive=archive)
+        registry.model_promote(actor=stack.owner, model=model, version=version)
+        serving.deployment_create(actor=stack.owner, model=model, server=dead, alias="champion")
+    connection.set_schema_to_public()
+
+    response = stack.predict(model.name)
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert int(response.headers["Retry-After"]) >= 1
+    record = stack.record(response.json()["error"]["request_id"])
+    assert record.status == "unavailable"
+
+
+def test_a_replica_going_down_mid_load_fails_no_request(stack, as_db):
+    with start_model_server(stack.iris_model_dir) as (second_url, second):
+        with tenant_context(stack.tenant):
+            serving.server_update(actor=stack.owner, server=stack.cpu, replica_urls=[stack.iris_url, second_url])
+        connection.set_schema_to_public()
+        try:
+            stop = threading.Event()
+
+            def load() -> list[int]:
+                statuses = []
+                while not stop.is_set():
+                    answer = stack.predict("iris")
+                    statuses.append(answer.status_code)
+                    if answer.status_code == 200:
+                        replicas.add(stack.record(answer.json()["request_id"]).server_replica)
+                return statuses
+
+            replicas: set[str] = set()
+            with ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(load) for _ in range(4)]
+                time.sleep(3)
+                os.killpg(second.pid, signal.SIGTERM)  # the replica goes away while requests keep coming
+                second.wait(30)
+                time.sleep(3)
+                stop.set()
+                statuses = [status for future in futures for status in future.result()]
+            assert statuses
+            assert set(statuses) == {200}
+            assert replicas == {stack.iris_url, second_url}  # both took traffic before one went down
+        finally:
+            with tenant_context(stack.tenant):
+                serving.server_update(actor=stack.owner, server=stack.cpu, replica_urls=[stack.iris_url])
+            connection.set_schema_to_public()
+
+
+def test_a_worker_killed_mid_request_leaves_a_worker_lost_record_in_bounded_time(stack, as_db):
+    result: dict = {}
+
+    def call() -> None:
+        result["response"] = stack.predict(
+            "sleepy", body={"dataframe_split": {"columns": ["x"], "data": [[1.0]]}, "params": {"delay": 2.5}}
+        )
+
+    started = time.monotonic()
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.0)  # the request is at the model now
+    for child in psutil.Process(stack.worker.pid).children(recursive=True):
+        child.kill()
+    caller.join(30)
+
+    response = result["response"]
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "worker_lost"
+    assert time.monotonic() - started < 3 + 2 + 3  # timeout + grace + slack
+    record = stack.record(response.json()["error"]["request_id"])
+    assert (record.status, record.error_code) == ("worker_lost", "worker_lost")
+    _wait_for_worker(stack)  # Celery replaced the killed pool processes
+
+
+# --- the chain over live records -----------------------------------------------------------------------------
+
+
+def test_the_live_chain_verifies_and_catches_an_edit(stack, as_db):
+    from io import StringIO
+
+    out = StringIO()
+    call_command("verify_audit_chain", "--tenant", stack.tenant.schema_name, stdout=out)
+    assert "ok" in out.getvalue().lower()
+
+    with tenant_context(stack.tenant), connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        cursor.execute("UPDATE compliance_inferencerecord SET model_version = 7 WHERE sequence = 2")
+        cursor.execute("RESET session_replication_role")
+    connection.set_schema_to_public()
+
+    with pytest.raises(CommandError) as error:
+        call_command("verify_audit_chain", "--tenant", stack.tenant.schema_name, stdout=StringIO())
+    assert error.value.returncode == 1
+    assert "record 2" in str(error.value)
