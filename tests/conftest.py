@@ -101,7 +101,8 @@ def _forget_redis_state():
     from config.redis import get_redis
 
     client = get_redis()
-    for pattern in ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*", "route*"):
+    patterns = ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*", "route*", "lb:*", "cb:*")
+    for pattern in patterns:
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)

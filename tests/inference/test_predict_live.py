@@ -142,7 +142,7 @@ def stack(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, slee
             cpu = serving.server_create(
                 actor=owner, name="cpu", protocol="mlflow", gpu_pool=pool, replica_urls=[iris_url]
             )
-            serving.deployment_create(actor=owner, model=iris, server=cpu, alias="champion")
+            iris_deployment = serving.deployment_create(actor=owner, model=iris, server=cpu, alias="champion")
 
             sleepy = registry.model_create(actor=owner, name="sleepy")
             archive = scratch / "sleepy.zip"
@@ -174,6 +174,8 @@ def stack(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, slee
             worker=worker,
             iris_url=iris_url,
             cpu=cpu,
+            iris_deployment=iris_deployment,
+            iris_versions=versions,
             iris_model_dir=iris_model_dir,
         )
         try:
@@ -270,6 +272,64 @@ def test_rollback_changes_the_answering_version_on_the_next_request(stack, as_db
         promote = stack.post("/api/v1/models/iris/promote", secret=stack.secret, body={"version": 2})
         assert promote.status_code == 200, promote.text
     assert stack.predict("iris").json()["model_version"] == "2"
+
+
+def test_a_canary_takes_its_share_and_the_response_names_the_version_that_answered(stack, as_db):
+    def canary(percent: int) -> None:
+        with tenant_context(stack.tenant):
+            serving.deployment_update(
+                actor=stack.owner,
+                deployment=stack.iris_deployment,
+                canary_version=stack.iris_versions[0] if percent else None,
+                canary_percent=percent,
+            )
+        connection.set_schema_to_public()
+
+    canary(99)
+    try:
+        answers = [stack.predict("iris").json() for _ in range(10)]
+        assert all(answer["canary"] == (answer["model_version"] == "1") for answer in answers)
+        assert sum(answer["canary"] for answer in answers) >= 8
+        canaried = next(answer for answer in answers if answer["canary"])
+        assert stack.record(canaried["request_id"]).model_version == 1
+        canary(50)
+        seen = {stack.predict("iris").json()["model_version"] for _ in range(40)}
+        assert seen == {"1", "2"}  # a miss on either side has odds of 2 in 2**40
+        # A request by version is not part of the alias's canary.
+        assert {stack.predict("iris", query="?version=2").json()["model_version"] for _ in range(10)} == {"2"}
+    finally:
+        canary(0)
+    answer = stack.predict("iris")
+    assert (answer.json()["model_version"], answer.json()["canary"]) == ("2", False)
+
+
+def test_metrics_count_predictions_by_tenant_model_version_and_status(stack, as_db):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert stack.predict("iris").status_code == 200
+    assert stack.predict("iris", raw=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+    port = stack.base.rsplit(":", 1)[1]
+    scraped = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Host": f"localhost:{port}"}, timeout=30)
+
+    assert scraped.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+    }
+    tenant = stack.tenant.schema_name
+    ok = (
+        "portal_inference_requests_total",
+        (("model", "iris"), ("status", "ok"), ("tenant", tenant), ("version", "2")),
+    )
+    refused = ("portal_inference_requests_total", (("model", "iris"), ("status", "refused"), ("tenant", tenant),
+                                                   ("version", "2")))  # fmt: skip
+    assert samples[ok] >= 1
+    assert samples[refused] >= 1
+    assert any(name == "portal_inference_upstream_latency_seconds_count" for name, _ in samples)
+    assert any(
+        name == "portal_queue_depth" and dict(labels)["queue"] == f"pool.{stack.pool}" for name, labels in samples
+    )
 
 
 # --- refusals: recorded, never dispatched ---------------------------------------------------------------------
@@ -417,10 +477,10 @@ def test_a_replica_going_down_mid_load_fails_no_request(stack, as_db):
                     answer = stack.predict("iris")
                     statuses.append(answer.status_code)
                     if answer.status_code == 200:
-                        replicas.add(stack.record(answer.json()["request_id"]).server_replica)
+                        answered.append(answer.json()["request_id"])
                 return statuses
 
-            replicas: set[str] = set()
+            answered: list[str] = []
             with ThreadPoolExecutor(4) as pool:
                 futures = [pool.submit(load) for _ in range(4)]
                 time.sleep(3)
@@ -431,6 +491,10 @@ def test_a_replica_going_down_mid_load_fails_no_request(stack, as_db):
                 statuses = [status for future in futures for status in future.result()]
             assert statuses
             assert set(statuses) == {200}
+            with tenant_context(stack.tenant):
+                replicas = set(
+                    InferenceRecord.objects.filter(request_id__in=answered).values_list("server_replica", flat=True)
+                )
             assert replicas == {stack.iris_url, second_url}  # both took traffic before one went down
         finally:
             with tenant_context(stack.tenant):
