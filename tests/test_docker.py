@@ -28,7 +28,7 @@ COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("migrate", "mlflow-prepare", "web", "worker", "beat")
+APP_SERVICES = ("migrate", "mlflow-prepare", "web", "worker", "worker-pool-cpu", "beat")
 EXPECTED_SERVICES = {"postgres", "redis", "mlflow", *APP_SERVICES}
 EXTRA_ALLOWED_VARIABLES: set[str] = set()
 READ_PATTERNS = (
@@ -212,6 +212,13 @@ def test_worker_runs_celery_worker_on_the_default_queue(services):
     queues = ",".join(option_values(argv, "-Q", "--queues")).split(",")
     loaded = django_settings(services["worker"], "CELERY_TASK_DEFAULT_QUEUE")
     assert loaded["CELERY_TASK_DEFAULT_QUEUE"] in queues
+
+
+def test_an_inference_worker_serves_a_gpu_pools_queue(services):
+    argv = argv_of(services["worker-pool-cpu"])
+    assert argv[:4] == ["celery", "-A", "config", "worker"]
+    assert option_values(argv, "-Q", "--queues") == ["pool.cpu"]
+    assert depends_on(services["worker-pool-cpu"]).get("migrate") == "service_completed_successfully"
 
 
 def test_beat_runs_celery_beat_with_a_writable_schedule(services):
