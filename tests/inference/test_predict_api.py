@@ -66,7 +66,7 @@ def test_the_signature_is_that_of_the_version_the_pin_selects(deployed, client_a
     assert refused.status_code == 422
     error = refused.json()["error"]
     assert error["code"] == "signature_mismatch"
-    assert "legacy" in error["message"]
+    assert "'x'" in error["message"]
     record = _record(cast, error["request_id"])
     assert (record.model_version, record.alias, record.status) == (1, "", "refused")
 
