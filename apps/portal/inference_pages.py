@@ -15,8 +15,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from apps.accounts.roles import KEY_HOLDING_ROLES
-from apps.accounts.selectors import user_role
 from apps.compliance import selectors as compliance_selectors
 from apps.compliance.models import InferenceRecord
 from apps.portal.playground import body_text, example_body, example_hint, shell_quote
@@ -25,6 +23,8 @@ from apps.registry.models import ModelVersion, RegisteredModel
 
 VIEW_MODELS = "registry.view_registeredmodel"
 VIEW_RECORDS = "compliance.view_inferencerecord"
+# The predict API's own rule for portal members: the roles that may hold keys may call models.
+MAY_PREDICT = "apikeys.manage_own_keys"
 DEFAULT_ALIAS = "champion"
 PREDICT_PATH = "/api/v1/models/{name}/predict"
 PAGE_SIZE = 50
@@ -78,7 +78,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         "form": form,
         "models": models,
         "model": model,
-        "can_predict": user_role(request.user) in KEY_HOLDING_ROLES,
+        "can_predict": request.user.has_perm(MAY_PREDICT),
         "can_view_records": request.user.has_perm(VIEW_RECORDS),
     }
     if model is not None and form.is_valid():
