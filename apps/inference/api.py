@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from apps.api.client_ip import client_ip
 from apps.api.errors import ApiError
+from apps.api.parsers import UnreadBodyParser
 from apps.api.request_id import current_request_id
 from apps.apikeys.authentication import KeyPrincipal
 from apps.apikeys.models import Scope
@@ -55,7 +56,7 @@ def _query_version(raw: str | None) -> int | None:
 
 class PredictView(APIView):
     required_scopes = (Scope.INFERENCE,)
-    parser_classes = ()
+    parser_classes = (UnreadBodyParser,)
 
     def get_permissions(self):
         return [*super().get_permissions(), MayPredict()]

@@ -137,11 +137,6 @@ def test_the_body_is_prefilled_and_checked_before_it_is_sent(live_portal, playgr
             browser.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the predict API answers a session POST with 415: SessionAuthentication's CSRF check reads request.POST, "
-    "which PredictView (parser_classes = ()) cannot parse",
-)
 def test_a_developer_sends_the_body_and_finds_the_call_in_the_log(live_portal, playground_tenant):
     from playwright.sync_api import sync_playwright
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import tenant_context
 
 from apps.compliance.models import InferenceRecord
 from apps.serving.models import ServerReplica
 from apps.serving.services import deployment_create, server_create
-from tests.helpers import bearer, login
+from tests.helpers import PASSWORD, bearer, host_of, login
 from tests.serving.conftest import make_model
 
 TABLE = {"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}
@@ -105,6 +106,23 @@ def test_portal_members_who_may_hold_keys_may_predict_and_others_may_not(deploye
     refused = client_a.post("/api/v1/models/scorer/predict", TABLE, content_type="application/json")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "forbidden"
+
+
+def test_a_session_predict_needs_the_csrf_token(deployed, cast):
+    browser = Client(HTTP_HOST=host_of(cast.tenant_a), enforce_csrf_checks=True)
+    login_page = browser.get("/login/")
+    token = login_page.cookies["csrftoken"].value
+    assert browser.post(
+        "/login/", {"username": cast.dave.email, "password": PASSWORD, "csrfmiddlewaretoken": token}
+    ).status_code == 302  # fmt: skip
+    token = browser.cookies["csrftoken"].value
+
+    forged = browser.post("/api/v1/models/scorer/predict", TABLE, content_type="application/json")
+    sent = browser.post("/api/v1/models/scorer/predict", TABLE, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+
+    assert forged.status_code == 403
+    assert "CSRF" in forged.json()["error"]["message"]
+    assert sent.status_code == 503  # through every check, to the replica that is down
 
 
 def test_another_tenant_cannot_reach_or_detect_the_model(deployed, client_b, make_key, cast):
