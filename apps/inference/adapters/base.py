@@ -8,6 +8,7 @@ rejected may not.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from apps.inference.http import http_client
 from apps.inference.payloads import ParsedInput
 
 MESSAGE_LIMIT = 500
+# An unindented `Name: message` line, as Python prints the exception that ends a traceback.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning|Iteration): ")
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _without_traceback(text: str) -> str:
+    """The exception at the end of a traceback (`ValueError: ...` and any lines of its message after it)."""
     if "Traceback (most recent call last)" not in text:
         return text
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    lines = text.strip().splitlines()
+    start = max((index for index, line in enumerate(lines) if _EXCEPTION_LINE.match(line)), default=len(lines) - 1)
+    return " ".join(line.strip() for line in lines[start:] if line.strip())
