@@ -125,6 +125,41 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         assert answer.status_code == 200
         assert len(answer.json()["predictions"]) == 2
 
+        # the printed curl line's request, through the portal, a worker of pool `cpu` and that model server
+        predicted = requests.post(
+            f"{base}/api/v1/models/{demo['DEMO_MODEL']}/predict",
+            data=(ROOT / "example.json").read_bytes(),
+            headers={**host, "Authorization": f"Bearer {demo['DEMO_API_KEY']}", "Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["model_version"] == demo["DEMO_MODEL_VERSION"]
+        assert predicted.json()["output"] == answer.json()["predictions"]
+
+        # `make worker POOL=...` joins the running launcher's services from another terminal
+        extra = subprocess.Popen(
+            [sys.executable, "-m", "config.devstack", "worker", "--pool", "gpu-x", "--concurrency", "1"],
+            cwd=ROOT,
+            env={key: value for key, value in env.items() if key != "DEBUG"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            joined = ""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "ready" not in joined:
+                line = extra.stdout.readline()
+                if not line:
+                    break
+                joined += line
+            assert "pool.gpu-x" in joined
+            assert "ready" in joined
+        finally:
+            os.killpg(extra.pid, signal.SIGTERM)
+            extra.communicate(timeout=30)
+
         started = [child.pid for child in psutil.Process(launcher.pid).children(recursive=True)]
         started += _processes_using(var_dir)
         assert len(started) >= 4  # web master, worker, beat, redis, postgres at least
@@ -138,4 +173,6 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
     assert _processes_using(var_dir) == []
     # Web, worker, beat and the model server go first; the database and Redis they use go last.
     assert output.index("stopped web, worker, beat, model") < output.index("stopping embedded Redis")
+    assert f"-d @example.json http://demo.localhost:{port}/api/v1/models/{demo['DEMO_MODEL']}/predict" in output
+    assert not (var_dir / "services.env").exists()
     assert output.index("stopping embedded Redis") < output.index("stopping embedded PostgreSQL")
