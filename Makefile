@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run worker test lint format manage shell clean bench-auth mlflow-ui
+.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -56,6 +56,12 @@ format: $(STAMP)
 # Per-request cost of key authentication + rate limiting (medians, against a Redis PING)
 bench-auth: $(STAMP)
 	$(DEVSTACK) exec -- sh -c '$(PY) manage.py migrate_schemas --noinput -v 0 && $(PY) bench/auth_ratelimit.py'
+
+# Added latency of predict through the portal vs the model server called directly (docs/benchmarks.md). Its own
+# VAR_DIR by default, so the embedded database, demo key and demo.env of `make run` are left alone:
+#   make bench-predict BENCH_ARGS="--requests 300 1600 --worker-pool prefork --worker-concurrency 8"
+bench-predict: $(STAMP)
+	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/predict_latency.py $(BENCH_ARGS)
 
 # MLflow's own UI on the portal's store, for operators (http://127.0.0.1:5050/)
 mlflow-ui: $(STAMP)
