@@ -338,19 +338,21 @@ def _print_welcome() -> None:
 
 
 def exec_command(command: list[str]) -> int:
+    """Run `command` with the services up; on Ctrl-C or SIGTERM it is stopped while they are still there."""
     os.environ.setdefault("DEBUG", "1")
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    process = None
     try:
         with services():
             process = subprocess.Popen(command, cwd=BASE_DIR)
-            return process.wait()
+            try:
+                return process.wait()
+            except (_Interrupted, KeyboardInterrupt):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                process.terminate()
+                process.wait()
+                return 130
     except (_Interrupted, KeyboardInterrupt):
         return 130
-    finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            process.wait()
 
 
 def run_worker(pools: str, concurrency: str) -> int:
