@@ -56,11 +56,12 @@ def _prune_dead_handles(pgdata: Path) -> None:
     handles = pgdata / ".handle_pids.json"
     if not handles.exists():
         return
-    alive = [pid for pid in json.loads(handles.read_text() or "[]") if _pid_alive(pid)]
+    alive = [pid for pid in json.loads(handles.read_text() or "[]") if pid_alive(pid)]
     handles.write_text(json.dumps(alive))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,6 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
+from config.devstack import pid_alive
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_count() + 1, 8)))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
@@ -32,16 +34,6 @@ def _own_metrics_base() -> Path:
     return Path(os.environ.get("VAR_DIR", _BASE_DIR / "var")).resolve() / "prometheus"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _metrics_dir() -> Path:
     """PROMETHEUS_MULTIPROC_DIR as given (emptied), or a fresh `web-<master pid>` folder under VAR_DIR.
 
@@ -61,7 +53,7 @@ def _metrics_dir() -> Path:
     base.mkdir(parents=True, exist_ok=True)
     for folder in base.glob("web-*"):
         pid = folder.name.removeprefix("web-")
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     path = base / f"web-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)

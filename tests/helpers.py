@@ -129,3 +129,37 @@ def model_server_wait(url: str, timeout: float = 120) -> None:
         except requests.RequestException:
             time.sleep(0.3)
     raise RuntimeError(f"the model server at {url} did not start")
+
+
+def record_fields(**overrides) -> dict:
+    """A complete, valid set of inference record fields (a fresh request id each time), with `overrides`."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    fields = {
+        "request_id": uuid.uuid4().hex,
+        "key_id": 7,
+        "key_prefix": "pk_test",
+        "user_id": 3,
+        "client_ip": "192.0.2.10",
+        "model_name": "iris",
+        "model_version": 2,
+        "alias": "champion",
+        "run_id": "abc123",
+        "deployment_id": 11,
+        "server_replica": "http://127.0.0.1:5001",
+        "received_at": timezone.now(),
+        "dispatched_at": timezone.now(),
+        "answered_at": timezone.now(),
+        "status": "ok",
+        "input_sha256": "a" * 64,
+        "output_sha256": "b" * 64,
+        "latency_ms": 12,
+        "upstream_ms": 9,
+        "prompt_tokens": 4,
+        "completion_tokens": 1,
+        "cost": Decimal("0.0015"),
+    }
+    fields.update(overrides)
+    return fields

@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import itertools
 import threading
-import uuid
 from decimal import Decimal
 
 import pytest
@@ -14,42 +13,17 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 from django_tenants.utils import tenant_context
 
 from apps.compliance.models import AppendOnlyError, ChainHead, InferenceRecord
 from apps.compliance.records import RECORD_FIELDS, chain_verify, record_append, record_hash
+from tests.helpers import record_fields
 
 GENESIS = "0" * 64
 
 
 def _fields(**overrides) -> dict:
-    fields = {
-        "request_id": uuid.uuid4().hex,
-        "key_id": 7,
-        "key_prefix": "pk_test",
-        "user_id": 3,
-        "client_ip": "192.0.2.10",
-        "model_name": "iris",
-        "model_version": 2,
-        "alias": "champion",
-        "run_id": "abc123",
-        "deployment_id": 11,
-        "server_replica": "http://127.0.0.1:5001",
-        "received_at": timezone.now(),
-        "dispatched_at": timezone.now(),
-        "answered_at": timezone.now(),
-        "status": InferenceRecord.Status.OK,
-        "input_sha256": "a" * 64,
-        "output_sha256": "b" * 64,
-        "latency_ms": 12,
-        "upstream_ms": 9,
-        "prompt_tokens": 4,
-        "completion_tokens": 1,
-        "cost": Decimal("0.0015"),
-    }
-    fields.update(overrides)
-    return fields
+    return record_fields(**overrides)
 
 
 def _append(count: int) -> list[InferenceRecord]:

@@ -26,7 +26,7 @@ from apps.portal.playground import MAX_EXAMPLE_ELEMENTS, example_body, example_h
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.serving.services import server_create
 from config.redis import get_redis
-from tests.helpers import host_of
+from tests.helpers import host_of, record_fields
 from tests.serving.conftest import make_model
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -65,27 +65,7 @@ def as_user(client_a, cast, in_tenant_a):
 
 def record(**overrides) -> InferenceRecord:
     """One inference record in the current tenant's chain, as the predict path would append it."""
-    fields = {
-        "request_id": uuid.uuid4().hex,
-        "key_id": 7,
-        "key_prefix": "pk_test",
-        "user_id": None,
-        "client_ip": "192.0.2.10",
-        "model_name": "iris",
-        "model_version": 2,
-        "alias": "champion",
-        "run_id": "run-abc",
-        "deployment_id": 11,
-        "server_replica": "http://127.0.0.1:5001",
-        "received_at": timezone.now(),
-        "dispatched_at": timezone.now(),
-        "answered_at": timezone.now(),
-        "status": InferenceRecord.Status.OK,
-        "input_sha256": "a" * 64,
-        "output_sha256": "b" * 64,
-        "latency_ms": 12,
-        "upstream_ms": 9,
-    }
+    fields = record_fields(user_id=None, run_id="run-abc", prompt_tokens=None, completion_tokens=None, cost=None)
     fields.update(overrides)
     return record_append(**fields)
 
