@@ -69,7 +69,8 @@ def predict_run(envelope: dict) -> str:
     pipeline = get_redis().pipeline(transaction=False)
     key = reply_key(schema, request_id)
     pipeline.rpush(key, json.dumps(reply))
-    pipeline.expire(key, REPLY_SECONDS)
+    # A waiting web process takes the reply within the second; an async job's stays readable until it expires.
+    pipeline.expire(key, envelope.get("reply_seconds") or REPLY_SECONDS)
     pipeline.execute()
     return reply["status"]
 
