@@ -467,7 +467,7 @@ def run(args: argparse.Namespace, running: Processes, shown: dict[str, str], *, 
         [PYTHON, "-m", "mlflow", "models", "serve", "-m", demo["DEMO_MODEL_PATH"], "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(model_port), "-w", str(args.model_workers)],
     )  # fmt: skip
-    running.start("web", [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"])
+    running.start("web", [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"])
     running.start(
         "worker",
         [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "pool.cpu", "-l", "WARNING", "-n", WORKER_NODE,

@@ -245,7 +245,7 @@ def _portal_commands() -> dict[str, list[str]]:
     # The demo model server is in pool `cpu`; more pools get their own workers (`make worker POOL=...`).
     queue = f"{queue},{pool_queues(os.environ.get('WORKER_POOLS', 'cpu'))}"
     return {
-        "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
+        "web": [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
         "worker": [
             PYTHON,
             "-m",

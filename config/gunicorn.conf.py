@@ -8,6 +8,14 @@ from pathlib import Path
 from config.devstack import pid_alive
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
+# ASGI by default: a streamed answer (SSE) then holds no worker or thread while it waits for the model's next
+# chunk, and plain views still run concurrently, one thread per request. `sync` or `gthread` serve WSGI instead.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "uvicorn_worker.UvicornWorker")
+ASGI = "uvicorn" in worker_class.lower()
+wsgi_app = "config.asgi:application" if ASGI else "config.wsgi:application"
+if ASGI:
+    # Request threads come and go under ASGI, so connections come from a pool rather than living in a thread.
+    os.environ.setdefault("DATABASE_POOL", "1")
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * multiprocessing.cpu_count() + 1, 8)))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))

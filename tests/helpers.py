@@ -67,7 +67,7 @@ def start_portal_server(*, workers: int = 2) -> Iterator[str]:
         "GUNICORN_ACCESS_LOG": "",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"],
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
         cwd=ROOT,
         env=env,
     )

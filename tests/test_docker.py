@@ -39,7 +39,7 @@ READ_PATTERNS = (
 SOURCES_READ = (ROOT / "config" / "settings.py", ROOT / "config" / "gunicorn.conf.py")
 TEST_SECRET = "k3J9-q8Zr2mVx7Lp1Tn6Wb4Yc0Hd5Gf8Rs2Qe9Uo3Ia7Kj1Ml6Np4Bv0Cx5Zw_"
 TEST_PEPPER = "test-pepper-0123456789abcdefghijklmnopqrstuv"
-WEB_ENTRY = ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"]
+WEB_ENTRY = ["gunicorn", "-c", "config/gunicorn.conf.py"]
 
 
 # --- compose.yaml ----------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_web_runs_gunicorn_with_the_project_config(services):
     argv = argv_of(services["web"])
     assert argv[0] == "gunicorn"
     assert option_values(argv, "-c", "--config") == ["config/gunicorn.conf.py"]
-    assert argv[-1] == "config.wsgi:application"
+    assert argv == WEB_ENTRY  # the application (ASGI or WSGI) follows the worker class, in the config file
     assert "8000:8000" in [str(port) for port in services["web"]["ports"]]
 
 
@@ -509,12 +509,15 @@ def defines(path: Path, name: str) -> bool:
 def files_and_probe(argv: list[str]) -> tuple[list[str], str]:
     """The repository files a command needs, and Python that fails unless its entry point loads."""
     if argv[0] == "gunicorn":
-        module, _, attribute = argv[-1].partition(":")
-        path = module_file(module)
-        assert defines(path, attribute), f"{module} defines no {attribute}"
+        # The application and the worker class come from the config file (ASGI or WSGI, chosen together).
         config = option_values(argv, "-c", "--config")[0]
-        probe = f"import importlib; assert callable(importlib.import_module({module!r}).{attribute})"
-        return [config, str(path.relative_to(ROOT))], probe
+        probe = (
+            f"import importlib, runpy; conf = runpy.run_path({config!r}); "
+            "module, _, attribute = conf['wsgi_app'].partition(':'); "
+            "assert callable(getattr(importlib.import_module(module), attribute)); "
+            "importlib.import_module(conf['worker_class'].rpartition('.')[0] or 'gunicorn.workers.sync')"
+        )
+        return [config, "config/asgi.py", "config/wsgi.py"], probe
     if argv[0] == "celery":
         target = option_values(argv, "-A", "--app")[0]
         package = module_file(target)
