@@ -101,7 +101,10 @@ def _forget_redis_state():
     from config.redis import get_redis
 
     client = get_redis()
-    patterns = ("*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*", "route*", "lb:*", "cb:*")
+    patterns = (
+        "*tenant-host:*", "*apikey:*", "rl:*", "apikey-last-used:*", "access-events*", "route*", "lb:*", "cb:*",
+        "budget:*",
+    )  # fmt: skip
     for pattern in patterns:
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:

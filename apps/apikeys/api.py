@@ -1,5 +1,7 @@
 """/api/v1/keys: list, create, retrieve, update, rotate, revoke. Thin views over the key services."""
 
+from decimal import Decimal
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
@@ -20,7 +22,8 @@ class KeyOutput(serializers.ModelSerializer):
         model = ApiKey
         fields = [
             "id", "name", "prefix", "owner", "scopes", "model_pins", "allowed_networks", "requests_per_minute",
-            "expires_at", "created", "rotated_at", "last_used_at", "revoked_at", "status",
+            "tokens_per_minute", "monthly_spend_limit", "expires_at", "created", "rotated_at", "last_used_at",
+            "revoked_at", "status",
         ]  # fmt: skip
 
     def get_status(self, key: ApiKey) -> str:
@@ -47,6 +50,21 @@ class KeyInput(serializers.Serializer):
     allowed_networks = serializers.ListField(child=serializers.CharField(max_length=49), required=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     requests_per_minute = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False, allow_null=True)
+    tokens_per_minute = serializers.IntegerField(
+        min_value=0,
+        max_value=services.MAX_TOKENS_PER_MINUTE,
+        required=False,
+        allow_null=True,
+        help_text="Tokens (prompt and completion) per minute for this key; null: the plan's per-key default.",
+    )
+    monthly_spend_limit = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        min_value=Decimal("0"),
+        required=False,
+        allow_null=True,
+        help_text="Spend budget per calendar month (UTC) for this key; null: only the tenant's budget applies.",
+    )
     owner = serializers.EmailField(required=False, help_text="Owners may create keys for another member.")
 
 

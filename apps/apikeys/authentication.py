@@ -2,6 +2,7 @@
 
 import ipaddress
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.utils import timezone
 from rest_framework import exceptions
@@ -26,6 +27,8 @@ class KeyPrincipal:
     model_pins: dict
     requests_per_minute: int | None
     owner_role: str | None
+    tokens_per_minute: int | None = None
+    monthly_spend_limit: Decimal | None = None
 
 
 class KeyRefused(exceptions.AuthenticationFailed):
@@ -85,6 +88,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             model_pins=key.model_pins,
             requests_per_minute=key.requests_per_minute,
             owner_role=key.owner_role,
+            tokens_per_minute=key.tokens_per_minute,
+            monthly_spend_limit=key.monthly_spend_limit,
         )
         return user, principal
 

@@ -16,6 +16,7 @@ class ApiKey(models.Model):
 
     The prefix is public (shown in lists and logs) and finds the row; the secret is checked against
     `secret_hash`, or during a rotation's grace period also against `previous_secret_hash`.
+    Its own limits (requests and tokens per minute, monthly spend) apply together with the tenant's plan.
     """
 
     name = models.CharField(max_length=100)
@@ -30,6 +31,12 @@ class ApiKey(models.Model):
     allowed_networks = ArrayField(models.CharField(max_length=49), default=list, blank=True)
     requests_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="overrides the plan's per-key limit"
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="overrides the plan's per-key token limit; empty: the plan's default"
+    )
+    monthly_spend_limit = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="spend budget per calendar month (UTC)"
     )
     expires_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import connection
 from django.db.models import QuerySet
@@ -34,6 +35,9 @@ class CachedKey:
     requests_per_minute: int | None
     expires_at: datetime | None
     revoked: bool
+    # Defaults, so a form pickled before these fields existed still reads as "no key limit" until it expires.
+    tokens_per_minute: int | None = None
+    monthly_spend_limit: Decimal | None = None
 
 
 def _cache_key(prefix: str) -> str:
@@ -74,6 +78,8 @@ def _cached_form(key: ApiKey) -> CachedKey:
         requests_per_minute=key.requests_per_minute,
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
+        tokens_per_minute=key.tokens_per_minute,
+        monthly_spend_limit=key.monthly_spend_limit,
     )
 
 

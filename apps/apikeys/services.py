@@ -3,6 +3,7 @@ so revocation, expiry and rotation are seen by every web and worker process on t
 
 import ipaddress
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from auditlog.context import set_actor
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -15,6 +16,8 @@ from apps.apikeys.secrets import key_generate, key_hash
 from apps.apikeys.selectors import apikey_cache_forget
 
 MAX_GRACE_SECONDS = 7 * 24 * 3600
+MAX_TOKENS_PER_MINUTE = 2_147_483_647  # what a PositiveIntegerField holds
+MAX_MONTHLY_SPEND = Decimal("999999.999999")  # DecimalField(max_digits=12, decimal_places=6)
 
 
 def _require_key_manager(actor: User, owner: User) -> None:
@@ -71,6 +74,34 @@ def _clean_pins(pins: dict) -> dict[str, str]:
     return cleaned
 
 
+def _clean_tokens_per_minute(value: int | None) -> int | None:
+    # 0 is allowed: it stops a key from spending tokens without revoking it.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_PER_MINUTE:
+        raise ValidationError(
+            f"Tokens per minute must be a whole number from 0 to {MAX_TOKENS_PER_MINUTE}.",
+            code="invalid_tokens_per_minute",
+        )
+    return value
+
+
+def _clean_spend_limit(value: Decimal | int | str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_MONTHLY_SPEND:
+        raise ValidationError(
+            f"The monthly spend limit must be an amount from 0 to {MAX_MONTHLY_SPEND}.", code="invalid_spend_limit"
+        )
+    if amount != amount.quantize(Decimal("0.000001")):
+        raise ValidationError("The monthly spend limit has at most 6 decimal places.", code="invalid_spend_limit")
+    return amount
+
+
 def apikey_create(
     *,
     actor: User,
@@ -81,6 +112,8 @@ def apikey_create(
     allowed_networks: list[str] | None = None,
     expires_at: datetime | None = None,
     requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    monthly_spend_limit: Decimal | None = None,
     granting_scopes: tuple[str, ...] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which exists nowhere else from now on."""
@@ -92,6 +125,8 @@ def apikey_create(
         raise PermissionDenied("This member's role cannot hold API keys.")
     name = _clean_name(name)
     _check_expiry(expires_at)
+    tokens_per_minute = _clean_tokens_per_minute(tokens_per_minute)
+    monthly_spend_limit = _clean_spend_limit(monthly_spend_limit)
     parts = key_generate()
     with transaction.atomic(), set_actor(actor):
         key = ApiKey.objects.create(
@@ -105,13 +140,15 @@ def apikey_create(
             allowed_networks=_clean_networks(allowed_networks or []),
             expires_at=expires_at,
             requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            monthly_spend_limit=monthly_spend_limit,
         )
     apikey_cache_forget(key.prefix)
     return key, parts.full
 
 
 def apikey_update(*, actor: User, key: ApiKey, granting_scopes: tuple[str, ...] | None = None, **changes) -> ApiKey:
-    """Change name, scopes, pins, networks, expiry or limit (audited: a scope change is a security event)."""
+    """Change name, scopes, pins, networks, expiry or limits (audited: a scope change is a security event)."""
     _require_key_manager(actor, key.owner)
     cleaners = {
         "name": _clean_name,
@@ -120,6 +157,8 @@ def apikey_update(*, actor: User, key: ApiKey, granting_scopes: tuple[str, ...] 
         "allowed_networks": _clean_networks,
         "expires_at": _check_expiry,
         "requests_per_minute": lambda value: value,
+        "tokens_per_minute": _clean_tokens_per_minute,
+        "monthly_spend_limit": _clean_spend_limit,
     }
     with transaction.atomic(), set_actor(actor):
         key = ApiKey.objects.select_for_update().get(pk=key.pk)

@@ -18,6 +18,7 @@ class AccessEvent(models.Model):
         NETWORK_NOT_ALLOWED = "network_not_allowed", "Client network not allowed"
         RATE_LIMITED = "rate_limited", "Rate limited"
         BUDGET_EXCEEDED = "budget_exceeded", "Budget exceeded"
+        TOKENS_PER_MINUTE = "tokens_per_minute", "Tokens per minute exceeded"
         FORBIDDEN_SCOPE = "forbidden_scope", "Scope not granted"
         LOGIN_FAILED = "login_failed", "Login failed"
         BUFFER_OVERFLOW = "buffer_overflow", "Events dropped while the buffer was full"

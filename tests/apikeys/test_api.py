@@ -1,11 +1,15 @@
 """/api/v1/keys: who may list, create, rotate and revoke which keys, and what the audit log keeps."""
 
+from decimal import Decimal
+
 import pytest
 from auditlog.models import LogEntry
+from django.core.exceptions import ValidationError
 from django_tenants.utils import tenant_context
 
 from apps.apikeys.models import ApiKey
 from apps.apikeys.secrets import key_hash
+from apps.apikeys.services import apikey_create, apikey_update
 from tests.helpers import bearer
 
 
@@ -182,3 +186,96 @@ def test_a_key_of_tenant_b_is_not_found_on_a(as_alice, make_key, cast):
     assert _post(as_alice, "/api/v1/keys/90001/revoke").status_code == 404
     with tenant_context(cast.tenant_b):
         assert ApiKey.objects.get(pk=90_001).revoked_at is None
+
+
+def test_token_and_spend_limits_are_set_shown_changed_and_audited(as_alice, cast):
+    body = {"name": "llm", "scopes": ["inference"], "tokens_per_minute": 20_000, "monthly_spend_limit": "25.50"}
+    created = _post(as_alice, "/api/v1/keys", body)
+    assert created.status_code == 201
+    assert (created.json()["tokens_per_minute"], created.json()["monthly_spend_limit"]) == (20_000, "25.500000")
+    key = ApiKey.objects.get(pk=created.json()["id"])
+    assert (key.tokens_per_minute, key.monthly_spend_limit) == (20_000, Decimal("25.5"))
+    changed = as_alice.patch(
+        f"/api/v1/keys/{key.pk}", {"tokens_per_minute": 0, "monthly_spend_limit": None}, content_type="application/json"
+    )
+    assert changed.status_code == 200
+    assert (changed.json()["tokens_per_minute"], changed.json()["monthly_spend_limit"]) == (0, None)
+    shown = as_alice.get("/api/v1/keys").json()["results"][0]
+    assert (shown["tokens_per_minute"], shown["monthly_spend_limit"]) == (0, None)
+    entry = LogEntry.objects.get_for_object(key).latest("timestamp")
+    assert entry.actor_id == cast.alice.pk
+    assert entry.changes_dict["tokens_per_minute"] == ["20000", "0"]
+    assert entry.changes_dict["monthly_spend_limit"][0] == "25.500000"
+
+
+def test_a_new_key_has_no_limits_of_its_own(as_dave):
+    body = _post(as_dave, "/api/v1/keys", {"name": "ci", "scopes": ["inference"]}).json()
+    assert (body["tokens_per_minute"], body["monthly_spend_limit"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tokens_per_minute", -1),
+        ("tokens_per_minute", 1.5),
+        ("tokens_per_minute", "many"),
+        ("tokens_per_minute", 2**31),
+        ("monthly_spend_limit", "-0.01"),
+        ("monthly_spend_limit", "0.0000001"),
+        ("monthly_spend_limit", "1000000"),
+        ("monthly_spend_limit", "ten"),
+    ],
+)
+def test_invalid_limits_are_422_and_change_nothing(as_alice, make_key, field, value):
+    key, _ = make_key(tokens_per_minute=100, monthly_spend_limit=Decimal("5"))
+    created = _post(as_alice, "/api/v1/keys", {"name": "x", "scopes": ["inference"], field: value})
+    assert created.status_code == 422
+    assert field in created.json()["error"]["fields"]
+    changed = as_alice.patch(f"/api/v1/keys/{key.pk}", {field: value}, content_type="application/json")
+    assert changed.status_code == 422
+    assert field in changed.json()["error"]["fields"]
+    assert ApiKey.objects.count() == 1
+    key.refresh_from_db()
+    assert (key.tokens_per_minute, key.monthly_spend_limit) == (100, Decimal("5"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"tokens_per_minute": -5}, "invalid_tokens_per_minute"),
+        ({"tokens_per_minute": True}, "invalid_tokens_per_minute"),
+        ({"monthly_spend_limit": Decimal("-1")}, "invalid_spend_limit"),
+        ({"monthly_spend_limit": Decimal("0.0000001")}, "invalid_spend_limit"),
+        ({"monthly_spend_limit": Decimal("NaN")}, "invalid_spend_limit"),
+        ({"monthly_spend_limit": "lots"}, "invalid_spend_limit"),
+    ],
+)
+def test_the_services_refuse_invalid_limits_too(cast, in_tenant_a, make_key, changes, code):
+    with pytest.raises(ValidationError) as refused:
+        apikey_create(actor=cast.alice, name="x", scopes=["inference"], **changes)
+    assert refused.value.code == code
+    key, _ = make_key()
+    with pytest.raises(ValidationError) as refused:
+        apikey_update(actor=cast.alice, key=key, **changes)
+    assert refused.value.code == code
+    key.refresh_from_db()
+    assert (key.tokens_per_minute, key.monthly_spend_limit) == (None, None)
+
+
+def test_limits_of_a_key_of_tenant_b_cannot_be_changed_from_a(as_alice, make_key, cast, client_b):
+    b_key, _ = make_key(tenant=cast.tenant_b, tokens_per_minute=10)
+    with tenant_context(cast.tenant_b):
+        ApiKey.objects.filter(pk=b_key.pk).update(id=90_002)  # an id that exists only in B
+    response = as_alice.patch("/api/v1/keys/90002", {"tokens_per_minute": 0}, content_type="application/json")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    a_key, _ = make_key(cast.alice, tokens_per_minute=10)
+    with tenant_context(cast.tenant_b):
+        client_b.force_login(cast.charlie)  # the session lives in B's schema
+    response = client_b.patch(f"/api/v1/keys/{a_key.pk}", {"tokens_per_minute": 0}, content_type="application/json")
+    assert response.status_code == 404
+    with tenant_context(cast.tenant_a):
+        a_key.refresh_from_db()
+    assert a_key.tokens_per_minute == 10
+    with tenant_context(cast.tenant_b):
+        assert ApiKey.objects.get(pk=90_002).tokens_per_minute == 10
