@@ -9,5 +9,6 @@ handler500 = "apps.api.views.server_error"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.api.urls")),
+    path("v1/", include("apps.inference.openai_urls")),
     path("", include("apps.portal.urls")),
 ]

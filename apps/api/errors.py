@@ -32,8 +32,36 @@ def error_body(code: str, message: str, request_id: str, **extra) -> dict:
     return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
 
 
+OPENAI_PREFIX = "/v1/"
+
+
+def _openai_type(status_code: int, code: str) -> str:
+    """OpenAI's error `type` for a status: what its SDK and clients switch on besides the status itself."""
+    if code == "budget_exceeded":
+        return "insufficient_quota"
+    if status_code >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status_code, "invalid_request_error"
+    )
+
+
+def openai_error_body(status_code: int, code: str, message: str, param: str | None = None) -> dict:
+    """`{"error": {"message", "type", "param", "code"}}`: the shape the openai SDK turns into its typed errors."""
+    return {"error": {"message": message, "type": _openai_type(status_code, code), "param": param, "code": code}}
+
+
+def speaks_openai(request) -> bool:
+    """Requests under /v1/ (the OpenAI-compatible API) get OpenAI's error shape; everything else the portal's."""
+    return getattr(request, "path", "").startswith(OPENAI_PREFIX)
+
+
 def json_error(request, status_code: int, code: str, message: str, headers: dict | None = None) -> JsonResponse:
-    response = JsonResponse(error_body(code, message, request_id_of(request)), status=status_code)
+    if speaks_openai(request):
+        body = openai_error_body(status_code, code, message)
+    else:
+        body = error_body(code, message, request_id_of(request))
+    response = JsonResponse(body, status=status_code)
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -111,6 +139,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             headers["WWW-Authenticate"] = exc.auth_header
     else:
         return None  # a server fault: the 500 handler answers in the same shape and logs it
+    if request is not None and speaks_openai(request):
+        param = next(iter(extra.get("fields") or {}), None)
+        return Response(openai_error_body(status_code, code, message, param), status=status_code, headers=headers)
     return Response(error_body(code, message, request_id, **extra), status=status_code, headers=headers)
 
 

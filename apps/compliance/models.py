@@ -78,6 +78,7 @@ class InferenceRecord(models.Model):
         TIMEOUT = "timeout", "Timed out"
         UNAVAILABLE = "unavailable", "Unavailable"
         WORKER_LOST = "worker_lost", "Worker lost"
+        CANCELLED = "cancelled", "Cancelled by the client"
 
     sequence = models.PositiveBigIntegerField(unique=True)
     request_id = models.CharField(max_length=64, unique=True)

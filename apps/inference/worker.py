@@ -22,9 +22,11 @@ from django.utils import timezone
 from apps.compliance.models import InferenceRecord
 from apps.compliance.records import record_append
 from apps.inference.adapters import UpstreamError, UpstreamRejected, UpstreamRequest, UpstreamUnavailable, adapter_for
+from apps.inference.adapters.openai import openai_output_digest
 from apps.inference.balancer import replica_pick, replica_release
 from apps.inference.hashing import sha256_hex
 from apps.inference.payloads import payload_parse
+from apps.inference.tokens import prompt_texts, tokens_estimate
 from apps.serving.selectors import server_auth_headers_by_id
 from config.redis import get_redis
 
@@ -52,7 +54,12 @@ def predict_run(envelope: dict) -> str:
         # now would produce an answer nobody receives.
         logger.warning("request %s reached a worker after its deadline; dropped", request_id)
         return Status.TIMEOUT
+    if envelope.get("stream"):
+        from apps.inference.streaming import stream_run
+
+        return stream_run(schema, envelope)
     reply, fields = _call_model(schema, envelope)
+    budget_settle_for(envelope, fields)
     try:
         record_append(**fields)
     except IntegrityError:
@@ -79,35 +86,14 @@ def _call_model(schema: str, envelope: dict) -> tuple[dict, dict]:
     """Try replicas until one answers or a failure that must not be retried; returns (reply, record fields)."""
     request_id = envelope["request_id"]
     adapter = adapter_for(envelope["protocol"])
-    parsed = payload_parse(envelope["body"])
-    headers = _auth_headers(schema, envelope["server_id"]) if envelope["auth_header"] else {}
     remaining = list(envelope["replica_urls"])
     replica, answer, error, retry_after = "", None, None, 0
     while True:
-        seconds_left = envelope["deadline"] - time.time()
-        if seconds_left <= 0:
-            error = UpstreamError("upstream_timeout", "The model server did not answer in time.", 504)
+        pick, request = replica_request(schema, envelope, remaining)
+        if request is None:
+            error, retry_after = pick
             break
-        pick = replica_pick(
-            schema=schema,
-            server_id=envelope["server_id"],
-            urls=remaining,
-            request_id=request_id,
-            hold_seconds=seconds_left + 5,
-        )
-        if pick.url is None:
-            error = UpstreamUnavailable("No replica of the model server is available.", sent=False)
-            retry_after = pick.retry_after
-            break
-        replica = pick.url
-        request = UpstreamRequest(
-            base_url=replica,
-            model_name=envelope["model_name"],
-            version=None,
-            parsed=parsed,
-            timeout_seconds=seconds_left,
-            headers=headers,
-        )
+        replica = request.base_url
         try:
             answer = adapter.predict(request)
         except UpstreamError as exc:
@@ -127,10 +113,59 @@ def _call_model(schema: str, envelope: dict) -> tuple[dict, dict]:
     return _outcome(envelope, replica, answer, error, retry_after)
 
 
-def _outcome(envelope: dict, replica: str, answer, error: UpstreamError | None, retry_after: int) -> tuple[dict, dict]:
+def replica_request(
+    schema: str, envelope: dict, remaining: list[str]
+) -> tuple[tuple[UpstreamError, int] | None, UpstreamRequest | None]:
+    """Reserve the next replica to try and build the call to it, or say why there is none (error, retry after)."""
+    seconds_left = envelope["deadline"] - time.time()
+    if seconds_left <= 0:
+        return (UpstreamError("upstream_timeout", "The model server did not answer in time.", 504), 0), None
+    pick = replica_pick(
+        schema=schema,
+        server_id=envelope["server_id"],
+        urls=remaining,
+        request_id=envelope["request_id"],
+        hold_seconds=seconds_left + 5,
+    )
+    if pick.url is None:
+        return (UpstreamUnavailable("No replica of the model server is available.", sent=False), pick.retry_after), None
+    operation = envelope.get("operation", "predict")
+    request = UpstreamRequest(
+        base_url=pick.url,
+        model_name=envelope["model_name"],
+        version=None,
+        parsed=payload_parse(envelope["body"]) if operation == "predict" else None,
+        timeout_seconds=seconds_left,
+        headers=_auth_headers(schema, envelope["server_id"]) if envelope["auth_header"] else {},
+        operation=operation,
+        payload=None if operation == "predict" else envelope["body"],
+    )
+    return None, request
+
+
+def budget_settle_for(envelope: dict, fields: dict) -> None:
+    """Replace what the request reserved of its budgets with what it used (nothing reserved: nothing to do)."""
+    reserved = envelope.get("reservation")
+    if not reserved:
+        return
+    from apps.apikeys.budgets import Reservation, budget_settle
+
+    tokens = (fields.get("prompt_tokens") or 0) + (fields.get("completion_tokens") or 0)
+    try:
+        budget_settle(
+            Reservation(**{**reserved, "cost": Decimal(reserved["cost"])}),
+            tokens=tokens,
+            cost=fields.get("cost") or Decimal(0),
+        )
+    except Exception:  # the reservation stays counted in full: the budget errs on the safe side
+        logger.exception("could not settle the budget of request %s", envelope["request_id"])
+
+
+def record_fields_base(envelope: dict, replica: str) -> dict:
+    """The record's fields every outcome shares, from what the web process sent along."""
     answered_at = timezone.now()
     received_at = dt.datetime.fromisoformat(envelope["received_at"])
-    fields = {
+    return {
         "request_id": envelope["request_id"],
         "key_id": envelope["key_id"],
         "key_prefix": envelope["key_prefix"],
@@ -148,28 +183,58 @@ def _outcome(envelope: dict, replica: str, answer, error: UpstreamError | None, 
         "input_sha256": envelope["input_sha256"],
         "latency_ms": max(0, int((answered_at - received_at).total_seconds() * 1000)),
     }
+
+
+def error_outcome(fields: dict, error: UpstreamError, retry_after: int) -> dict:
+    """Fill the record's status for a failed call and return the reply that says so."""
+    status = _STATUS_OF.get(error.code, Status.FAILED)
+    fields.update(status=status, error_code=error.code)
+    return {
+        "status": status,
+        "code": error.code,
+        "http_status": error.status_code,
+        "message": error.message,
+        "retry_after": retry_after or (5 if status == Status.UNAVAILABLE else 0),
+    }
+
+
+def usage_fields(envelope: dict, prompt_tokens: int | None, completion_tokens: int | None, output: object) -> dict:
+    """Token counts as the server reported them, else estimated (and marked so) for the OpenAI operations."""
+    operation = envelope.get("operation", "predict")
+    if operation == "predict" or prompt_tokens is not None:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "tokens_estimated": False}
+    completion = openai_output_digest(operation, output) if operation != "embeddings" else []
+    return {
+        "prompt_tokens": tokens_estimate(prompt_texts(operation, envelope["body"])),
+        "completion_tokens": tokens_estimate([text for text in completion if isinstance(text, str)]),
+        "tokens_estimated": True,
+    }
+
+
+def _outcome(envelope: dict, replica: str, answer, error: UpstreamError | None, retry_after: int) -> tuple[dict, dict]:
+    fields = record_fields_base(envelope, replica)
     if error is not None:
-        status = _STATUS_OF.get(error.code, Status.FAILED)
-        fields.update(status=status, error_code=error.code)
-        reply = {
-            "status": status,
-            "code": error.code,
-            "http_status": error.status_code,
-            "message": error.message,
-            "retry_after": retry_after or (5 if status == Status.UNAVAILABLE else 0),
-        }
-        return reply, fields
+        return error_outcome(fields, error, retry_after), fields
+    operation = envelope.get("operation", "predict")
+    output = answer.output
+    if operation != "predict" and isinstance(output, dict):
+        output = {**output, "model": envelope["model_name"]}
     upstream_ms = round(answer.upstream_ms, 2)
+    usage = usage_fields(envelope, answer.prompt_tokens, answer.completion_tokens, output)
     fields.update(
         status=Status.OK,
-        output_sha256=_output_hash(answer.output),
+        output_sha256=output_hash(operation, output),
         upstream_ms=int(upstream_ms),
-        prompt_tokens=answer.prompt_tokens,
-        completion_tokens=answer.completion_tokens,
-        cost=_cost(envelope["prices"], answer),
+        cost=cost_of(envelope["prices"], usage, answer.upstream_ms),
+        **usage,
     )
-    reply = {"status": Status.OK, "output": answer.output, "upstream_ms": upstream_ms}
+    reply = {"status": Status.OK, "output": output, "upstream_ms": upstream_ms}
     return reply, fields
+
+
+def output_hash(operation: str, output: object) -> str:
+    """The record's output hash: of the model's output for predict, of the texts or vectors for OpenAI answers."""
+    return _output_hash(output if operation == "predict" else openai_output_digest(operation, output))
 
 
 def _output_hash(output: object) -> str:
@@ -180,13 +245,13 @@ def _output_hash(output: object) -> str:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _cost(prices: dict, answer) -> Decimal:
-    """Per request, plus per 1k tokens (when the server counted them), plus per GPU second of upstream time."""
+def cost_of(prices: dict, usage: dict, upstream_ms: float) -> Decimal:
+    """Per request, plus per 1k tokens (counted or estimated), plus per GPU second of upstream time."""
     cost = Decimal(prices["per_request"])
-    tokens = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
+    tokens = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
     if tokens:
         cost += Decimal(prices["per_1k_tokens"]) * tokens / 1000
-    cost += Decimal(prices["per_gpu_second"]) * Decimal(str(answer.upstream_ms)) / 1000
+    cost += Decimal(prices["per_gpu_second"]) * Decimal(str(round(upstream_ms, 3))) / 1000
     return cost.quantize(COST_PLACES)
 
 

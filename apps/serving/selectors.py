@@ -243,6 +243,17 @@ def server_auth_headers_by_id(*, server_id: int) -> dict[str, str]:
     return server_auth_headers(server) if server is not None else {}
 
 
+def openai_model_list() -> list[tuple[str, object]]:
+    """(name, created) of the models with an active deployment on an OpenAI-protocol server, by name."""
+    rows = (
+        Deployment.objects.filter(is_active=True, server__protocol=ModelServer.Protocol.OPENAI)
+        .values_list("model__name", "model__created")
+        .distinct()
+        .order_by("model__name")
+    )
+    return list(rows)
+
+
 def server_list() -> QuerySet[ModelServer]:
     return ModelServer.objects.select_related("created_by").prefetch_related("replicas").order_by("name")
 

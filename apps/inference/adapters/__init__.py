@@ -12,10 +12,12 @@ from apps.inference.adapters.base import (
 )
 from apps.inference.adapters.kserve import KServeAdapter
 from apps.inference.adapters.mlflow import MlflowAdapter
+from apps.inference.adapters.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, ProtocolAdapter] = {
     MlflowAdapter.name: MlflowAdapter(),
     KServeAdapter.name: KServeAdapter(),
+    OpenAIAdapter.name: OpenAIAdapter(),
 }
 
 
@@ -31,6 +33,7 @@ __all__ = [
     "ADAPTERS",
     "KServeAdapter",
     "MlflowAdapter",
+    "OpenAIAdapter",
     "ProtocolAdapter",
     "UpstreamAnswer",
     "UpstreamError",

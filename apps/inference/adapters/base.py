@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,14 +26,20 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|W
 
 @dataclass(frozen=True)
 class UpstreamRequest:
-    """One call to one replica: where, which model, what, and how long to wait."""
+    """One call to one replica: where, which model, what, and how long to wait.
+
+    `operation` is `predict` (with `parsed`, the checked MLflow input) or one of the OpenAI operations
+    (`chat`, `completions`, `embeddings`, with the client's `payload`).
+    """
 
     base_url: str
     model_name: str
     version: int | None
-    parsed: ParsedInput
+    parsed: ParsedInput | None
     timeout_seconds: float
     headers: dict = field(default_factory=dict)
+    operation: str = "predict"
+    payload: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,10 @@ class ProtocolAdapter(ABC):
     def predict(self, request: UpstreamRequest) -> UpstreamAnswer:
         """Call the replica once; raise an `UpstreamError` subclass for anything but a usable answer."""
 
+    def stream(self, request: UpstreamRequest) -> Iterator[dict]:
+        """Call the replica once and yield its answer chunk by chunk, for protocols that stream."""
+        raise UpstreamRejected(f"The {self.name} protocol does not stream.", 400)
+
 
 def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[object, int, float]:
     """POST JSON to the replica and return (decoded body, status, ms), mapping every failure to an `UpstreamError`.
@@ -114,6 +125,17 @@ def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[obje
         raise UpstreamUnavailable(f"The model server connection failed: {exc}", sent=True) from exc
     elapsed_ms = (time.perf_counter() - started) * 1000
     status = response.status_code
+    upstream_status_check(response)
+    try:
+        decoded = response.json()
+    except ValueError as exc:
+        raise UpstreamFailed("The model server's answer is not JSON.") from exc
+    return decoded, status, elapsed_ms
+
+
+def upstream_status_check(response: httpx.Response) -> None:
+    """Raise the `UpstreamError` an HTTP status stands for: 4xx rejected, 5xx failed, anything but 200 unusable."""
+    status = response.status_code
     if status >= 500:
         # Some servers (uvicorn behind MLServer) drop the connection after an error without saying so; reusing it
         # would fail the next, unrelated request with a reset and count against a healthy replica.
@@ -124,11 +146,6 @@ def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[obje
         raise UpstreamFailed(f"The model server failed ({status}): {_error_message(response)}")
     if status != 200:
         raise UpstreamFailed(f"The model server answered {status}.")
-    try:
-        decoded = response.json()
-    except ValueError as exc:
-        raise UpstreamFailed("The model server's answer is not JSON.") from exc
-    return decoded, status, elapsed_ms
 
 
 def _connection_discard(response: httpx.Response) -> None:

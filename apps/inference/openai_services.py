@@ -1,0 +1,265 @@
+"""The OpenAI-compatible API on the web side: chat, completions and embeddings, streamed or not.
+
+Each request gets every guarantee of predict: key, scope and rate limit (before the view), a key's pin, routing
+by `model` to the deployment of an `openai`-protocol server, a check of the body before anything is queued,
+the token and spend budgets (reserved before dispatch with the most the request may use, settled by the worker
+with what it used), dispatch on the server's GPU-pool queue, and one compliance record per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from apps.apikeys.budgets import BudgetExceeded, budget_limits_for, budget_refusal, budget_reserve
+from apps.inference.hashing import sha256_hex
+from apps.inference.services import (
+    Caller,
+    PredictionRefused,
+    Status,
+    _no_reply,
+    _refuse,
+    _Request,
+    reply_key,
+)
+from apps.inference.streaming import sse_events
+from apps.inference.tokens import prompt_texts, tokens_estimate
+from apps.serving.selectors import DEFAULT_ALIAS, Route, route_resolve
+from config.redis import get_redis_for_waiting
+
+OPERATIONS = ("chat", "completions", "embeddings")
+# What a chat or completion may generate when the client sets no limit: reserved against the budgets up front.
+DEFAULT_MAX_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class OpenAIAnswer:
+    """A non-streamed answer (`body`) or a stream of SSE bytes (`events`), with what the headers say."""
+
+    request_id: str
+    model: str
+    model_version: str
+    body: dict | None = None
+    events: AsyncIterator[bytes] | None = None
+
+
+def openai_call(
+    *,
+    operation: str,
+    caller: Caller,
+    raw_body: bytes,
+    content_type: str,
+    request_id: str,
+    plan: str,
+    key_limits_source=None,
+    http_request=None,
+) -> OpenAIAnswer:
+    """Serve one OpenAI-style request, or raise `PredictionRefused` (recorded) / a 429 for a budget."""
+    state = _Request(
+        request_id=request_id,
+        caller=caller,
+        model_name="",
+        received_at=timezone.now(),
+        started=time.perf_counter(),
+        input_sha256=hashlib.sha256(raw_body).hexdigest(),
+    )
+    body = _body_checked(state, operation, raw_body, content_type)
+    model_name = body["model"]
+    state.model_name = model_name
+    pins = caller.model_pins or {}
+    version = int(pins[model_name]) if model_name in pins else None
+    state.alias = None if version is not None else DEFAULT_ALIAS
+    route = route_resolve(model_name=model_name, alias=state.alias, version=version)
+    if route is None or route.protocol != "openai":
+        state.version = version
+        message = f"The model `{model_name}` does not exist or you do not have access to it."
+        _refuse(state, message, "model_not_found", 404)
+    state.version, state.run_id, state.deployment_id = route.version, route.run_id, route.deployment_id
+    if not route.replica_urls:
+        _refuse(
+            state,
+            f"No replica of '{model_name}' is up.",
+            "model_unavailable",
+            503,
+            status=Status.UNAVAILABLE,
+            headers={"Retry-After": str(settings.CIRCUIT_OPEN_SECONDS)},
+        )
+    reservation = _budget_reserve(state, operation, body, route, plan, key_limits_source, http_request)
+    stream = bool(body.get("stream"))
+    envelope = _envelope(state, route, operation, body, stream=stream, reservation=reservation)
+    if stream:
+        from apps.inference.tasks import predict_on_worker
+
+        predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
+        grace = settings.INFERENCE_WORKER_GRACE_SECONDS
+        events = sse_events(
+            connection.schema_name,
+            request_id,
+            first_chunk_seconds=route.timeout_seconds + grace,
+            chunk_seconds=route.timeout_seconds + grace,
+            on_silence=_silence_recorder(state, connection.schema_name),
+        )
+        return OpenAIAnswer(request_id=request_id, model=model_name, model_version=str(state.version), events=events)
+    reply = _dispatch_and_wait(state, route, envelope)
+    if reply["status"] != Status.OK:
+        raise PredictionRefused(
+            reply["message"],
+            code=reply["code"],
+            status_code=reply["http_status"],
+            status=reply["status"],
+            model_version=state.version,
+            headers={"Retry-After": str(reply["retry_after"])} if reply.get("retry_after") else None,
+        )
+    return OpenAIAnswer(request_id=request_id, model=model_name, model_version=str(state.version), body=reply["output"])
+
+
+def _silence_recorder(state: _Request, schema: str):
+    """For a stream whose worker never spoke or fell silent: record why, from whatever thread runs it."""
+
+    def record() -> dict:
+        from django.db import connection as thread_connection
+
+        thread_connection.set_schema(schema)
+        try:
+            return _no_reply(state, schema)
+        finally:
+            thread_connection.close()
+
+    return record
+
+
+def _body_checked(state: _Request, operation: str, raw_body: bytes, content_type: str) -> dict:
+    """The JSON body, checked as far as routing, budgets and the record need; the model server checks the rest."""
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        _refuse(state, "Send the body as application/json.", "unsupported_media_type", 415)
+    try:
+        body = json.loads(raw_body)
+    except (ValueError, UnicodeDecodeError):
+        _refuse(state, "The body is not valid JSON.", "malformed_json", 400)
+    if not isinstance(body, dict):
+        _refuse(state, "The body must be a JSON object.", "invalid_request", 400)
+    try:
+        state.input_sha256 = sha256_hex(body)
+    except ValueError:
+        _refuse(state, "The body holds a number JSON cannot represent.", "invalid_request", 400)
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 63:
+        _refuse(state, "`model` must name a model.", "invalid_request", 400, fields={"model": ["required"]})
+    state.model_name = model
+    problem = _operation_problem(operation, body)
+    if problem:
+        field, message = problem
+        _refuse(state, message, "invalid_request", 400, fields={field: [message]})
+    return body
+
+
+def _operation_problem(operation: str, body: dict) -> tuple[str, str] | None:
+    if operation == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "messages", "`messages` must be a non-empty list."
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return "messages", f"messages[{index}] must be an object with a `role`."
+    elif operation == "completions":
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
+            return "prompt", "`prompt` must be a string or a non-empty list."
+    else:
+        value = body.get("input")
+        if not isinstance(value, str | list) or (isinstance(value, list) and not value) or value == "":
+            return "input", "`input` must be a non-empty string or list."
+        if body.get("stream"):
+            return "stream", "Embeddings are not streamed."
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream", "`stream` must be true or false."
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return name, f"`{name}` must be a positive whole number."
+    return None
+
+
+def _most_tokens(operation: str, body: dict) -> int:
+    """The most tokens the request may use: its prompt, plus the completion's limit (or the default one)."""
+    prompt = tokens_estimate(prompt_texts(operation, body))
+    if operation == "embeddings":
+        return prompt
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    return prompt + int(limit)
+
+
+def _budget_reserve(state, operation, body, route: Route, plan, key_limits_source, http_request) -> dict | None:
+    tokens = _most_tokens(operation, body)
+    cost = route.prices.per_request + route.prices.per_1k_tokens * Decimal(tokens) / 1000
+    key_limits, tenant_limits = budget_limits_for(plan=plan, key=key_limits_source)
+    caller = state.caller
+    key_prefix = caller.key_prefix or f"user:{caller.user_id}"
+    try:
+        reservation = budget_reserve(
+            schema=connection.schema_name,
+            key_prefix=key_prefix,
+            key=key_limits,
+            tenant=tenant_limits,
+            tokens=tokens,
+            cost=cost,
+        )
+    except BudgetExceeded as error:
+        refusal = budget_refusal(http_request, error, key_prefix=caller.key_prefix, user_id=caller.user_id)
+        _refuse(state, str(refusal.detail), error.code, 429, headers=refusal.headers)
+    return {**asdict(reservation), "cost": str(reservation.cost)}
+
+
+def _envelope(state: _Request, route: Route, operation: str, body: dict, *, stream: bool, reservation) -> dict:
+    state.dispatched_at = timezone.now()
+    return {
+        "request_id": state.request_id,
+        "operation": operation,
+        "stream": stream,
+        "model_name": route.model_name,
+        "mlflow_name": route.mlflow_name,
+        "version": state.version,
+        "alias": state.alias or "",
+        "canary": False,
+        "run_id": state.run_id,
+        "deployment_id": route.deployment_id,
+        "server_id": route.server_id,
+        "protocol": route.protocol,
+        "replica_urls": list(route.replica_urls),
+        "auth_header": route.auth_header,
+        "deadline": time.time() + route.timeout_seconds,
+        "body": body,
+        "input_sha256": state.input_sha256,
+        "key_id": state.caller.key_id,
+        "key_prefix": state.caller.key_prefix,
+        "user_id": state.caller.user_id,
+        "client_ip": state.caller.client_ip,
+        "received_at": state.received_at.isoformat(),
+        "dispatched_at": state.dispatched_at.isoformat(),
+        "prices": {
+            "per_request": str(route.prices.per_request),
+            "per_1k_tokens": str(route.prices.per_1k_tokens),
+            "per_gpu_second": str(route.prices.per_gpu_second),
+        },
+        "reservation": reservation,
+    }
+
+
+def _dispatch_and_wait(state: _Request, route: Route, envelope: dict) -> dict:
+    from apps.inference.tasks import predict_on_worker
+
+    schema = connection.schema_name
+    predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
+    wait = max(1, int(envelope["deadline"] - time.time() + settings.INFERENCE_WORKER_GRACE_SECONDS + 0.999))
+    answer = get_redis_for_waiting().blpop([reply_key(schema, state.request_id)], timeout=wait)
+    if answer is not None:
+        return json.loads(answer[1])
+    return _no_reply(state, schema)
