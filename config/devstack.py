@@ -272,12 +272,20 @@ def _demo_model_server() -> dict[str, list[str]]:
     # `--env-manager local` runs the model in this interpreter; mlflow looks its tools up on PATH.
     os.environ["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     port = values["DEMO_MODEL_URL"].rsplit(":", 1)[1]
-    return {
+    servers = {
         "model": [
             PYTHON, "-m", "mlflow", "models", "serve", "-m", values["DEMO_MODEL_PATH"],
             "--env-manager", "local", "-h", "127.0.0.1", "-p", port, "-w", "1",
         ]
     }  # fmt: skip
+    if values.get("DEMO_OPENAI_URL"):
+        # The OpenAI-compatible demo server: real all-MiniLM-L6-v2 embeddings, a test chat model.
+        servers["openai"] = [
+            PYTHON, "-m", "apps.serving.openai_demo_server", "--host", "127.0.0.1",
+            "--port", values["DEMO_OPENAI_URL"].rsplit(":", 1)[1],
+            "--chat-model", values["DEMO_CHAT_MODEL"], "--embed-model", values["DEMO_EMBED_MODEL"],
+        ]  # fmt: skip
+    return servers
 
 
 def _demo_values() -> dict[str, str]:
@@ -332,6 +340,12 @@ def _print_welcome() -> None:
         f" -d @example.json {values.get('PORTAL_URL')}/api/v1/models/{values.get('DEMO_MODEL')}/predict\n"
         f'    or: set -a; . {demo_env}; set +a; curl -H "Authorization: Bearer $DEMO_API_KEY"'
         f" -H 'Content-Type: application/json' -d @example.json $PORTAL_URL/api/v1/models/$DEMO_MODEL/predict\n"
+        f"  OpenAI-compatible API:    {values.get('PORTAL_URL')}/v1 (models {values.get('DEMO_CHAT_MODEL')},"
+        f" {values.get('DEMO_EMBED_MODEL')})\n"
+        f"    curl -H 'Authorization: Bearer {values.get('DEMO_API_KEY')}' -H 'Content-Type: application/json'"
+        f' -d \'{{"model": "{values.get("DEMO_CHAT_MODEL")}", "messages": [{{"role": "user",'
+        f' "content": "hello"}}]}}\' {values.get("PORTAL_URL")}/v1/chat/completions\n'
+        f"    with the openai SDK: .venv/bin/python docs/examples/openai_sdk.py  (reads {demo_env})\n"
         f"  Demo values for scripts:  {demo_env}\n"
         f"  Stop with Ctrl-C.\n",
         flush=True,

@@ -54,6 +54,7 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         WORKER_CONCURRENCY="1",
         CELERY_BEAT_SCHEDULE=str(var_dir / "celerybeat-schedule"),
         DEMO_MODEL_PORT=str(free_port()),
+        DEMO_OPENAI_PORT=str(free_port()),
     )
     launcher = subprocess.Popen(
         [sys.executable, "-m", "config.devstack", "run"],
@@ -107,8 +108,9 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         models = requests.get(
             f"{base}/api/v1/models", headers={**host, "Authorization": f"Bearer {demo['DEMO_API_KEY']}"}, timeout=10
         ).json()
-        assert models["results"][0]["name"] == demo["DEMO_MODEL"]
-        assert models["results"][0]["aliases"] == {"champion": int(demo["DEMO_MODEL_VERSION"])}
+        by_name = {model["name"]: model for model in models["results"]}
+        assert set(by_name) == {demo["DEMO_MODEL"], demo["DEMO_CHAT_MODEL"], demo["DEMO_EMBED_MODEL"]}
+        assert by_name[demo["DEMO_MODEL"]]["aliases"] == {"champion": int(demo["DEMO_MODEL_VERSION"])}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -135,6 +137,26 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
         assert predicted.status_code == 200, predicted.text
         assert predicted.json()["model_version"] == demo["DEMO_MODEL_VERSION"]
         assert predicted.json()["output"] == answer.json()["predictions"]
+
+        # the OpenAI-compatible API, through the official SDK, as the printed example runs it
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{demo['DEMO_OPENAI_URL']}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        example = subprocess.run(
+            [sys.executable, "docs/examples/openai_sdk.py"],
+            cwd=ROOT,
+            env={**env, "VAR_DIR": str(var_dir)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert example.returncode == 0, example.stderr[-2000:]
+        assert "chat: You said: hello from the openai SDK" in example.stdout
+        assert "embedding: 384 dimensions" in example.stdout
 
         # `make worker POOL=...` joins the running launcher's services from another terminal
         extra = subprocess.Popen(
@@ -175,4 +197,5 @@ def test_make_run_serves_the_demo_and_ctrl_c_leaves_nothing_behind(var_dir):
     assert output.index("stopped web, worker, beat, model") < output.index("stopping embedded Redis")
     assert f"-d @example.json http://demo.localhost:{port}/api/v1/models/{demo['DEMO_MODEL']}/predict" in output
     assert not (var_dir / "services.env").exists()
+    assert "/v1/chat/completions" in output
     assert output.index("stopping embedded Redis") < output.index("stopping embedded PostgreSQL")

@@ -10,6 +10,25 @@ from apps.registry.mlflow_store import registry_client, tenant_experiment_id
 from apps.registry.models import ModelVersion, RegisteredModel
 
 DEMO_MODEL = "iris-classifier"
+DEMO_CHAT_MODEL = "demo-chat"
+DEMO_EMBED_MODEL = "all-minilm-l6-v2"
+
+# The registry entry of a model an OpenAI-compatible server serves: MLflow holds its identity and lineage
+# (name, versions, aliases, tags naming the served model), the weights live with the server.
+_SERVED_ELSEWHERE = """
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class ServedElsewhere(mlflow.pyfunc.PythonModel):
+    \"\"\"Stands for a model an OpenAI-compatible server serves; the portal calls that server, never this.\"\"\"
+
+    def predict(self, context, model_input, params=None):
+        raise RuntimeError("served by an OpenAI-compatible server: call the portal's /v1/ API")
+
+
+set_model(ServedElsewhere())
+"""
 
 
 def demo_model_ensure(*, owner: User) -> ModelVersion:
@@ -55,6 +74,56 @@ def _train_and_register(*, owner: User, model: RegisteredModel, max_iter: int) -
         client.log_artifacts(run.info.run_id, str(path), artifact_path="model")
     client.set_terminated(run.info.run_id)
     return services.version_register_from_run(actor=owner, model=model, run_id=run.info.run_id)
+
+
+def _register_served_elsewhere(*, owner: User, model: RegisteredModel, served_as: str) -> ModelVersion:
+    import mlflow.pyfunc
+
+    client = registry_client()
+    run = client.create_run(tenant_experiment_id(), tags={"portal.demo": "true", "served_model_name": served_as})
+    with TemporaryDirectory() as scratch:
+        code = Path(scratch) / "served_elsewhere.py"
+        code.write_text(_SERVED_ELSEWHERE)
+        path = Path(scratch) / "model"
+        mlflow.pyfunc.save_model(str(path), python_model=str(code), pip_requirements=["mlflow"])
+        client.log_artifacts(run.info.run_id, str(path), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    return services.version_register_from_run(actor=owner, model=model, run_id=run.info.run_id)
+
+
+def demo_openai_models_ensure(*, owner: User, url: str) -> None:
+    """The demo's OpenAI-compatible server (loopback) and its two models, each deployed as `champion` with prices."""
+    from apps.serving import services as serving
+    from apps.serving.models import Deployment, ModelServer
+
+    server = ModelServer.objects.filter(name="demo-openai").first()
+    if server is None:
+        server = serving.server_create(
+            actor=owner, name="demo-openai", protocol="openai", gpu_pool="cpu", replica_urls=[url], accelerator="cpu"
+        )
+    elif sorted(server.replicas.values_list("base_url", flat=True)) != [url]:
+        serving.server_update(actor=owner, server=server, replica_urls=[url])
+    for name, description in (
+        (DEMO_CHAT_MODEL, "A test chat model that echoes the last message (no LLM weights ship on PyPI)"),
+        (DEMO_EMBED_MODEL, "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions"),
+    ):
+        model = RegisteredModel.objects.filter(name=name).first()
+        if model is None:
+            model = services.model_create(actor=owner, name=name, description=description)
+        if not model.aliases.filter(alias="champion").exists():
+            version = model.versions.order_by("-version").first() or _register_served_elsewhere(
+                owner=owner, model=model, served_as=name
+            )
+            services.model_promote(actor=owner, model=model, version=version, reason="demo")
+        if not Deployment.objects.filter(model=model, alias="champion", is_active=True).exists():
+            serving.deployment_create(
+                actor=owner,
+                model=model,
+                server=server,
+                alias="champion",
+                price_per_request="0.0001",
+                price_per_1k_tokens="0.002",
+            )
 
 
 def local_model_path(version: ModelVersion) -> Path:

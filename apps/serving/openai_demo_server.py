@@ -510,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(
         chat_model=args.chat_model, embed_model=args.embed_model, api_key=args.api_key, delay_ms=args.delay_ms
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # One process, whatever WEB_CONCURRENCY (which uvicorn reads) says for the portal's own web server.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
 
 
 if __name__ == "__main__":

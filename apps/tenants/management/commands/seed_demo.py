@@ -14,7 +14,15 @@ from apps.accounts.services import user_create
 from apps.apikeys.models import ApiKey, Scope
 from apps.apikeys.secrets import key_matches, key_parse
 from apps.apikeys.services import apikey_create
-from apps.registry.demo import DEMO_MODEL, demo_deployment_ensure, demo_model_ensure, local_model_path
+from apps.registry.demo import (
+    DEMO_CHAT_MODEL,
+    DEMO_EMBED_MODEL,
+    DEMO_MODEL,
+    demo_deployment_ensure,
+    demo_model_ensure,
+    demo_openai_models_ensure,
+    local_model_path,
+)
 from apps.tenants.models import Tenant
 from apps.tenants.services import public_tenant_ensure, tenant_signup, tenant_url
 
@@ -53,7 +61,12 @@ class Command(BaseCommand):
             champion = demo_model_ensure(owner=owner)
             model_url = f"http://127.0.0.1:{os.environ.get('DEMO_MODEL_PORT', '5001')}"
             demo_deployment_ensure(owner=owner, version=champion, url=model_url)
+            openai_url = f"http://127.0.0.1:{os.environ.get('DEMO_OPENAI_PORT', '5002')}"
+            demo_openai_models_ensure(owner=owner, url=openai_url)
             values.update(
+                DEMO_CHAT_MODEL=DEMO_CHAT_MODEL,
+                DEMO_EMBED_MODEL=DEMO_EMBED_MODEL,
+                DEMO_OPENAI_URL=openai_url,
                 DEMO_MODEL=DEMO_MODEL,
                 DEMO_MODEL_VERSION=str(champion.version),
                 DEMO_MODEL_PATH=str(local_model_path(champion)),
