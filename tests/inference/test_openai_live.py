@@ -283,6 +283,38 @@ def test_a_budget_refusal_is_a_rate_limit_error(live, as_db):
     assert small.choices[0].message.content
 
 
+def test_concurrent_requests_never_overshoot_a_spend_budget(live, as_db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apps.apikeys.budgets import budget_usage
+
+    limit = Decimal("0.02")  # a request reserves 0.001 + 0.5 per 1k of (prompt + max_tokens): about 0.004
+    secret = live.key(monthly_spend_limit=limit)
+
+    def one(_: int) -> int | str:
+        try:
+            live.client(secret=secret).chat.completions.create(
+                model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=5
+            )
+        except openai.RateLimitError as error:
+            return error.code
+        return 200
+
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(one, range(30)))
+    statuses = [429 if status == "budget_exceeded" else status for status in statuses]
+    assert set(statuses) <= {200, 429}
+
+    assert statuses.count(200) >= 1
+    assert statuses.count(429) >= 1
+    prefix = secret.split("_")[0] + "_" + secret.split("_")[1]
+    spent = sum(record.cost for record in live.records(key_prefix=prefix, status="ok"))
+    assert len(live.records(key_prefix=prefix, status="ok")) == statuses.count(200)
+    assert spent <= limit
+    with tenant_context(live.tenant):
+        assert budget_usage(schema=live.tenant.schema_name, key_prefix=prefix)["spend_this_month"] <= limit
+
+
 def test_a_client_that_disconnects_stops_the_stream_and_the_record_says_so(live, as_db):
     before = {record.request_id for record in live.records(status="cancelled")}
     response = requests.post(
