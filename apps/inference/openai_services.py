@@ -36,6 +36,8 @@ from apps.serving.selectors import DEFAULT_ALIAS, Route, route_resolve
 from config.redis import get_redis_for_waiting
 
 OPERATIONS = ("chat", "completions", "embeddings")
+# The record's model for a body too broken to name one (model names never contain parentheses).
+NO_MODEL = "(none)"
 # What a chat or completion may generate when the client sets no limit: reserved against the budgets up front.
 DEFAULT_MAX_TOKENS = 512
 
@@ -66,7 +68,7 @@ def openai_call(
     state = _Request(
         request_id=request_id,
         caller=caller,
-        model_name="",
+        model_name=NO_MODEL,
         received_at=timezone.now(),
         started=time.perf_counter(),
         input_sha256=hashlib.sha256(raw_body).hexdigest(),
