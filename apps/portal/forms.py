@@ -89,6 +89,21 @@ class KeyCreateForm(forms.Form):
     requests_per_minute = forms.IntegerField(
         min_value=1, max_value=1_000_000, required=False, label="Requests per minute", help_text="Empty: the plan's."
     )
+    tokens_per_minute = forms.IntegerField(
+        min_value=0,
+        max_value=1_000_000_000,
+        required=False,
+        label="Tokens per minute",
+        help_text="Prompt and completion tokens of the OpenAI-compatible API. Empty: the plan's.",
+    )
+    monthly_spend_limit = forms.DecimalField(
+        min_value=0,
+        max_digits=12,
+        decimal_places=6,
+        required=False,
+        label="Monthly spend limit",
+        help_text="At the deployments' prices, per calendar month (UTC). Empty: no limit of its own.",
+    )
 
     def __init__(self, *args, actor: User, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -130,7 +145,16 @@ class KeyCreateForm(forms.Form):
         data = self.cleaned_data
         arguments = {
             field: data[field]
-            for field in ("name", "scopes", "model_pins", "allowed_networks", "expires_at", "requests_per_minute")
+            for field in (
+                "name",
+                "scopes",
+                "model_pins",
+                "allowed_networks",
+                "expires_at",
+                "requests_per_minute",
+                "tokens_per_minute",
+                "monthly_spend_limit",
+            )
         }
         if data.get("owner") is not None:
             arguments["owner"] = data["owner"]

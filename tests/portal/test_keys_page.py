@@ -44,6 +44,8 @@ def test_developer_creates_a_key_and_sees_its_secret_exactly_once(client_a, cast
             "model_pins": "fraud-detector=3\nchurn = 12\n",
             "allowed_networks": "10.0.0.0/8\n192.168.1.7\n",
             "requests_per_minute": "120",
+            "tokens_per_minute": "50000",
+            "monthly_spend_limit": "25.5",
         },
     )
 
@@ -62,6 +64,8 @@ def test_developer_creates_a_key_and_sees_its_secret_exactly_once(client_a, cast
     assert key.model_pins == {"fraud-detector": "3", "churn": "12"}
     assert key.allowed_networks == ["10.0.0.0/8", "192.168.1.7/32"]
     assert key.requests_per_minute == 120
+    assert key.tokens_per_minute == 50000
+    assert str(key.monthly_spend_limit) == "25.500000"
     assert timedelta(days=29) < key.expires_at - timezone.now() <= timedelta(days=30)
 
     listing = client_a.get("/keys/")
