@@ -275,6 +275,8 @@ CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", default=3)
 CIRCUIT_OPEN_SECONDS = env.int("CIRCUIT_OPEN_SECONDS", default=15)
 # How long past a deployment's timeout the web process waits for a worker before declaring it lost.
 INFERENCE_WORKER_GRACE_SECONDS = env.float("INFERENCE_WORKER_GRACE_SECONDS", default=2.0)
+# How long an async predict job (its status and result at /api/v1/jobs/{id}) stays readable: its Redis TTL.
+INFERENCE_JOB_RESULT_SECONDS = env.int("INFERENCE_JOB_RESULT_SECONDS", default=86400)
 
 # --- Security (strict by default whenever DEBUG is off) ----------------------------------------
 
@@ -345,6 +347,10 @@ CELERY_BEAT_SCHEDULE = {
     "record-keys-last-used": {
         "task": "apps.apikeys.tasks.record_keys_last_used_everywhere",
         "schedule": 60.0,
+    },
+    "sweep-inference-jobs": {
+        "task": "apps.inference.tasks.sweep_jobs_everywhere",
+        "schedule": 10.0,
     },
 }
 

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from apps.api.views import MeView
 from apps.apikeys.api import KeyDetailView, KeyRevokeView, KeyRotateView, KeysView
-from apps.inference.api import PredictView
+from apps.inference.api import JobView, PredictView
 from apps.registry import api as registry
 from apps.serving import api as serving
 
@@ -35,6 +35,7 @@ urlpatterns = [
     path("models/<str:name>/promote", registry.PromoteView.as_view(), name="api-model-promote"),
     path("models/<str:name>/rollback", registry.RollbackView.as_view(), name="api-model-rollback"),
     path("models/<str:name>/predict", PredictView.as_view(), name="api-model-predict"),
+    path("jobs/<str:job_id>", JobView.as_view(), name="api-job"),
     path("models/<str:name>/history", registry.HistoryView.as_view(), name="api-model-history"),
     path("servers", serving.ServersView.as_view(), name="api-servers"),
     path("servers/<int:server_id>", serving.ServerDetailView.as_view(), name="api-server"),

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,174 +32,12 @@ from apps.inference.hashing import sha256_hex
 from apps.registry import services as registry
 from apps.serving import services as serving
 from apps.tenants.models import Tenant
-from apps.tenants.services import tenant_signup
-from tests.helpers import PASSWORD, database_url_for_tests, free_port, start_model_server, start_portal_server
+from tests.helpers import free_port, start_model_server
 from tests.registry.test_registry_api import zipped
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "example.json").read_text())
 pytestmark = pytest.mark.slow
-
-SLEEPY_CODE = '''
-import time
-
-import mlflow.pyfunc
-from mlflow.models import set_model
-
-
-class Sleepy(mlflow.pyfunc.PythonModel):
-    """Answers the row count after sleeping `delay` seconds: a model whose latency a test controls."""
-
-    def predict(self, context, model_input, params=None):
-        time.sleep(float((params or {}).get("delay", 0.0)))
-        return [float(len(model_input))] * len(model_input)
-
-
-set_model(Sleepy())
-'''
-
-
-@pytest.fixture(scope="module")
-def sleepy_model_dir(tmp_path_factory):
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    scratch = tmp_path_factory.mktemp("sleepy")
-    code = scratch / "sleepy_model.py"
-    code.write_text(SLEEPY_CODE)
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("double", "x")]),
-        outputs=Schema([ColSpec("double")]),
-        params=ParamSchema([ParamSpec("delay", "double", 0.0)]),
-    )
-    path = scratch / "model"
-    mlflow.pyfunc.save_model(str(path), python_model=str(code), signature=signature, pip_requirements=["pandas"])
-    return path
-
-
-class Stack:
-    """The live pieces and the names the tests need."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-    def post(self, path: str, *, secret: str | None = None, body=None, raw: bytes | None = None, headers=None):
-        port = self.base.rsplit(":", 1)[1]
-        sent = {"Host": f"{self.host}:{port}", **(headers or {})}
-        if secret:
-            sent["Authorization"] = f"Bearer {secret}"
-        if raw is None:
-            raw = json.dumps(body if body is not None else EXAMPLE).encode()
-            sent.setdefault("Content-Type", "application/json")
-        return requests.post(f"http://127.0.0.1:{port}{path}", data=raw, headers=sent, timeout=60)
-
-    def predict(self, model: str, *, query: str = "", **kwargs):
-        return self.post(f"/api/v1/models/{model}/predict{query}", secret=kwargs.pop("secret", self.secret), **kwargs)
-
-    def record(self, request_id: str) -> InferenceRecord:
-        with tenant_context(self.tenant):
-            return InferenceRecord.objects.get(request_id=request_id)
-
-
-def _worker(pool: str):
-    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_DEFAULT_QUEUE": f"{pool}-default"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"pool.{pool}", "--concurrency", "2",
-         "--pool", "prefork", "-l", "WARNING", "--without-heartbeat", "--without-mingle", "--without-gossip",
-         "-n", f"{pool}@%h"],
-        cwd=ROOT,
-        env=env,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, sleepy_model_dir, tmp_path_factory):
-    pool = f"t{uuid.uuid4().hex[:8]}"
-    slug = f"echo{uuid.uuid4().hex[:6]}"
-    scratch = tmp_path_factory.mktemp("archives")
-    with (
-        start_model_server(iris_model_dir) as (iris_url, _),
-        start_model_server(sleepy_model_dir) as (sleepy_url, _),
-        start_portal_server(workers=3) as base,
-        django_db_blocker.unblock(),
-    ):
-        tenant = tenant_signup(
-            name="Echo", slug=slug, owner_email=f"owner@{slug}.example", owner_password=PASSWORD, plan="enterprise"
-        ).tenant
-        with tenant_context(tenant):
-            owner = User.objects.get(email=f"owner@{slug}.example")
-            iris = registry.model_create(actor=owner, name="iris")
-            versions = []
-            for index in range(2):
-                archive = scratch / f"iris-{index}.zip"
-                archive.write_bytes(zipped(iris_model_dir).getvalue())
-                versions.append(registry.version_register_from_upload(actor=owner, model=iris, archive=archive))
-            registry.model_promote(actor=owner, model=iris, version=versions[0])
-            registry.model_promote(actor=owner, model=iris, version=versions[1])
-            cpu = serving.server_create(
-                actor=owner, name="cpu", protocol="mlflow", gpu_pool=pool, replica_urls=[iris_url]
-            )
-            iris_deployment = serving.deployment_create(actor=owner, model=iris, server=cpu, alias="champion")
-
-            sleepy = registry.model_create(actor=owner, name="sleepy")
-            archive = scratch / "sleepy.zip"
-            archive.write_bytes(zipped(sleepy_model_dir).getvalue())
-            registry.model_promote(
-                actor=owner,
-                model=sleepy,
-                version=registry.version_register_from_upload(actor=owner, model=sleepy, archive=archive),
-            )
-            slow = serving.server_create(
-                actor=owner,
-                name="slow",
-                protocol="mlflow",
-                gpu_pool=pool,
-                replica_urls=[sleepy_url],
-                request_timeout_seconds=3,
-            )
-            serving.deployment_create(actor=owner, model=sleepy, server=slow, alias="champion")
-            _, secret = apikey_create(actor=owner, name="live", scopes=["inference", "models:read", "models:write"])
-        connection.set_schema_to_public()
-        worker = _worker(pool)
-        stack = Stack(
-            base=base,
-            host=f"{slug}.localhost",
-            tenant=tenant,
-            owner=owner,
-            secret=secret,
-            pool=pool,
-            worker=worker,
-            iris_url=iris_url,
-            cpu=cpu,
-            iris_deployment=iris_deployment,
-            iris_versions=versions,
-            iris_model_dir=iris_model_dir,
-        )
-        try:
-            _wait_for_worker(stack)
-            yield stack
-        finally:
-            worker.terminate()
-            worker.wait(30)
-            connection.set_schema_to_public()
-
-
-def _wait_for_worker(stack: Stack) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if stack.predict("iris").status_code == 200:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the worker never answered")
-
-
-@pytest.fixture
-def as_db(django_db_blocker):
-    with django_db_blocker.unblock():
-        yield
-    connection.set_schema_to_public()
-
 
 # --- the happy path and its record --------------------------------------------------------------------------
 
@@ -524,7 +360,7 @@ def test_a_worker_killed_mid_request_leaves_a_worker_lost_record_in_bounded_time
     assert time.monotonic() - started < 3 + 2 + 3  # timeout + grace + slack
     record = stack.record(response.json()["error"]["request_id"])
     assert (record.status, record.error_code) == ("worker_lost", "worker_lost")
-    _wait_for_worker(stack)  # Celery replaced the killed pool processes
+    stack.wait_for_worker()  # Celery replaced the killed pool processes
 
 
 # --- the chain over live records -----------------------------------------------------------------------------
