@@ -7,7 +7,8 @@ for it (woken through a list of that run's own, re-checked every second) and get
 never done twice, also for requests that arrive together.
 
 What is kept is an answer the client should not retry for: 2xx and 4xx. A 5xx (the model server failed or is
-unavailable, the worker was lost, a timeout) releases the key instead, so a retry with the same key runs again.
+unavailable, the worker was lost, a timeout), a 429 (rate limit or budget) or a 409 releases the key instead,
+so a retry with the same key runs again.
 
 Redis layout, per tenant schema:
 - `idempotency:<schema>:<principal>:<sha256(endpoint, key)>`: JSON `{"state": "running", "fingerprint",
@@ -32,6 +33,8 @@ from apps.api.errors import ApiError
 from config.redis import get_redis, get_redis_for_waiting
 
 REMEMBER_SECONDS = 24 * 3600
+# Refusals that say "not now" rather than "not this": kept, they would refuse every retry for a day.
+RETRYABLE_STATUSES = frozenset({409, 429})
 WAKE_SECONDS = 60
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -153,7 +156,7 @@ def _run(entry: str, marker: str, call: Callable[[], Answer]) -> Answer:
         finish(keys=[entry, _wake_key(token)], args=[marker, "", 0, WAKE_SECONDS])
         raise
     done = ""
-    if answer.status < 500:
+    if answer.status < 500 and answer.status not in RETRYABLE_STATUSES:
         fields = json.loads(marker)
         done = json.dumps(
             {

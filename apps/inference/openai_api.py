@@ -5,6 +5,7 @@ raises its own typed exceptions (`AuthenticationError`, `NotFoundError`, `RateLi
 """
 
 import time
+from functools import partial
 
 from django.db import connection
 from django.http import StreamingHttpResponse
@@ -14,13 +15,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.client_ip import client_ip
+from apps.api.errors import ApiError
 from apps.api.parsers import UnreadBodyParser
 from apps.api.request_id import current_request_id
 from apps.apikeys.authentication import KeyPrincipal
 from apps.apikeys.models import Scope
-from apps.inference import services
+from apps.inference import idempotency, services
 from apps.inference.api import MayPredict
-from apps.inference.openai_services import openai_call
+from apps.inference.openai_services import openai_call, openai_idempotent
 from apps.monitoring.metrics import prediction_observe
 from apps.serving.selectors import openai_model_list
 
@@ -47,6 +49,34 @@ class _OpenAIView(APIView):
             key_prefix=key.prefix if key else "",
             model_pins=key.model_pins if key else None,
         )
+        answer = partial(self._answer, request, caller, key, request_id, started)
+        idempotency_key = request.headers.get(idempotency.HEADER)
+        if idempotency_key is None:
+            return answer()
+        outcome = openai_idempotent(
+            operation=self.operation,
+            caller=caller,
+            request_id=request_id,
+            raw_body=request._request.body,
+            key=idempotency_key,
+            endpoint=request.path,
+            call=partial(self._kept, answer),
+        )
+        headers = dict(outcome.answer.headers)
+        if outcome.replayed:
+            headers[idempotency.REPLAYED_HEADER] = "true"
+        return Response(outcome.answer.body, status=outcome.answer.status, headers=headers)
+
+    def _kept(self, answer) -> idempotency.Answer:
+        """The answer as the idempotency store keeps it: refusals too, in the shape the client got them."""
+        try:
+            response = answer()
+        except ApiError as error:
+            response = self.handle_exception(error)
+        headers = {name: response[name] for name in ("X-Model-Version", "Retry-After") if response.has_header(name)}
+        return idempotency.Answer(status=response.status_code, body=response.data, headers=headers)
+
+    def _answer(self, request, caller, key, request_id: str, started: float):
         try:
             answer = openai_call(
                 operation=self.operation,

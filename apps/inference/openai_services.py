@@ -8,10 +8,11 @@ with what it used), dispatch on the server's GPU-pool queue, and one compliance 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
@@ -19,13 +20,19 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from apps.api.errors import ApiError
 from apps.apikeys.budgets import BudgetExceeded, budget_limits_for, budget_refusal, budget_reserve
+from apps.inference import idempotency
+from apps.inference.adapters.openai import openai_output_digest
 from apps.inference.hashing import sha256_hex
 from apps.inference.services import (
+    IDEMPOTENCY_HOLD_SECONDS,
+    REPLAY_CODE,
     Caller,
     PredictionRefused,
     Status,
     _no_reply,
+    _record_safely,
     _refuse,
     _Request,
     reply_key,
@@ -265,3 +272,68 @@ def _dispatch_and_wait(state: _Request, route: Route, envelope: dict) -> dict:
     if answer is not None:
         return json.loads(answer[1])
     return _no_reply(state, schema)
+
+
+def openai_idempotent(
+    *,
+    operation: str,
+    caller: Caller,
+    request_id: str,
+    raw_body: bytes,
+    key: str,
+    endpoint: str,
+    call: Callable[[], idempotency.Answer],
+) -> idempotency.Outcome:
+    """`call()` once per `Idempotency-Key` and body; a duplicate gets the first answer and calls no model.
+
+    As for predict, a replay (or a key refused here) is still recorded, under its own request id, with error
+    code `idempotent_replay` and no replica. A streamed request cannot be replayed as a stream, so
+    `stream: true` with an `Idempotency-Key` is refused before anything runs.
+    """
+    state = _Request(
+        request_id=request_id,
+        caller=caller,
+        model_name=NO_MODEL,
+        received_at=timezone.now(),
+        started=time.perf_counter(),
+        input_sha256=hashlib.sha256(raw_body).hexdigest(),
+    )
+    try:
+        body = json.loads(raw_body)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        if isinstance(body.get("model"), str) and body["model"]:
+            state.model_name = body["model"][:63]
+        with contextlib.suppress(ValueError):
+            state.input_sha256 = sha256_hex(body)
+        if body.get("stream") is True:
+            _refuse(
+                state,
+                f"A streamed answer cannot be replayed: send {idempotency.HEADER} without `stream: true`.",
+                "idempotency_not_streamable",
+                400,
+            )
+    try:
+        outcome = idempotency.idempotent_call(
+            scope=idempotency.scope_of(
+                schema=connection.schema_name, key_id=caller.key_id, user_id=caller.user_id, endpoint=endpoint
+            ),
+            key=idempotency.key_check(key),
+            fingerprint=idempotency.fingerprint(raw_body),
+            hold_seconds=IDEMPOTENCY_HOLD_SECONDS,
+            call=call,
+        )
+    except ApiError as refused:
+        _record_safely(state.record_fields(status=Status.REFUSED, error_code=refused.error_code))
+        raise
+    if outcome.replayed:
+        kept = outcome.answer
+        fields = state.record_fields(status=Status.OK if kept.status < 300 else Status.REFUSED, error_code=REPLAY_CODE)
+        version = kept.headers.get("X-Model-Version", "")
+        fields["model_version"] = int(version) if version.isdigit() else None
+        if kept.status < 300:
+            with contextlib.suppress(ValueError):
+                fields["output_sha256"] = sha256_hex(openai_output_digest(operation, kept.body))
+        _record_safely(fields)
+    return outcome

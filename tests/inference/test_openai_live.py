@@ -315,6 +315,42 @@ def test_concurrent_requests_never_overshoot_a_spend_budget(live, as_db):
         assert budget_usage(schema=live.tenant.schema_name, key_prefix=prefix)["spend_this_month"] <= limit
 
 
+def test_concurrent_chats_with_one_idempotency_key_call_the_model_once(live, as_db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    secret = live.key()
+    key = f"idem-{uuid.uuid4().hex}"
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "only once please"}], "delay_ms": 100}
+
+    def one(_: int) -> requests.Response:
+        return requests.post(
+            f"{live.base}/v1/chat/completions",
+            json=body,
+            headers={"Host": live.host_header, "Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(one, range(10)))
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert len({answer.json()["id"] for answer in answers}) == 1  # the first answer, ten times
+    assert sum(answer.headers.get("Idempotent-Replayed") == "true" for answer in answers) == 9
+    prefix = "_".join(secret.split("_")[:2])
+    records = live.records(key_prefix=prefix)
+    assert len(records) == 10
+    assert len([record for record in records if record.server_replica]) == 1  # one model call
+    assert {record.error_code for record in records if not record.server_replica} == {"idempotent_replay"}
+    other = requests.post(
+        f"{live.base}/v1/chat/completions",
+        json={**body, "messages": [{"role": "user", "content": "something else"}]},
+        headers={"Host": live.host_header, "Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+        timeout=60,
+    )
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
 def test_a_client_that_disconnects_stops_the_stream_and_the_record_says_so(live, as_db):
     before = {record.request_id for record in live.records(status="cancelled")}
     response = requests.post(
