@@ -274,6 +274,16 @@ def _checked(
         state.version = version
         target = f"version {version}" if version is not None else f"alias '{state.alias}'"
         _refuse(state, f"No deployed model '{model_name}' with {target}.", "model_not_found", 404, pinned=pinned)
+    if route.protocol == "openai":
+        state.version = route.version
+        _refuse(
+            state,
+            f"'{model_name}' is served over the OpenAI protocol: call /v1/chat/completions, /v1/completions or "
+            "/v1/embeddings with it as `model`.",
+            "wrong_api",
+            400,
+            pinned=pinned,
+        )
     canary = bool(route.canary_version) and random.random() * 100 < route.canary_percent  # noqa: S311
     state.version = route.canary_version if canary else route.version
     state.run_id = route.canary_run_id if canary else route.run_id

@@ -87,3 +87,13 @@ def test_another_tenant_sees_nothing(deployed, client_b, make_key, cast):
     _, secret = make_key(tenant=cast.tenant_b)
     assert client_b.get("/v1/models", **bearer(secret)).json()["data"] == []
     _assert_openai_error(_chat(client_b, secret), 404, "invalid_request_error", "model_not_found")
+
+
+def test_predict_on_an_openai_model_points_to_the_openai_api(deployed, client_a, make_key):
+    _, secret = make_key()
+    response = client_a.post(
+        "/api/v1/models/llm/predict", {"inputs": [1]}, content_type="application/json", **bearer(secret)
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "wrong_api"
+    assert "/v1/chat/completions" in response.json()["error"]["message"]
