@@ -2,8 +2,8 @@
 
 A request names its buckets (per key, per tenant, ...) with a limit and a cost. The script refuses
 without charging anything if any bucket would overflow, else charges them all: concurrent requests
-can never overshoot. Requests per minute use cost 1; tokens per minute and spend budgets reuse the
-same script with a cost in tokens or cents and a longer window.
+can never overshoot. Requests per minute use cost 1. Tokens per minute and spend budgets, which are reserved
+before a call and settled after it, have their own scripts in `budgets.py`.
 """
 
 import time
