@@ -328,9 +328,10 @@ def test_a_refusal_is_an_access_event_and_a_429_in_the_api_shape(cast, in_tenant
     response = exception_handler(error, {"request": request})
     assert response.status_code == 429
     assert response["Retry-After"] == str(refused.value.retry_after)
+    # Under /v1/ the error comes in OpenAI's shape, so the openai SDK raises its RateLimitError.
     assert response.data["error"]["code"] == "tokens_per_minute"
     assert response.data["error"]["message"] == refused.value.message
-    assert response.data["error"]["request_id"] == "req-budget-1"
+    assert response.data["error"]["type"] == "rate_limit_error"
     assert access_events_flush(schema_name="alpha") == 1
     event = AccessEvent.objects.get()
     assert (event.reason, event.key_prefix, event.user_id, event.path) == (
