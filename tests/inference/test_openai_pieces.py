@@ -62,3 +62,23 @@ def test_the_openai_error_shape(status, code, kind):
     assert openai_error_body(status, code, "msg", "messages") == {
         "error": {"message": "msg", "type": kind, "param": "messages", "code": code}
     }
+
+
+def test_tokens_the_server_did_not_report_are_estimated_and_marked():
+    from apps.inference.worker import usage_fields
+
+    envelope = {"operation": "chat", "body": {"messages": [{"role": "user", "content": "how many tokens is this"}]}}
+    answer = {"choices": [{"message": {"content": "a fair few, I would say"}}]}
+
+    reported = usage_fields(envelope, 7, 5, answer)
+    estimated = usage_fields(envelope, None, None, answer)
+
+    assert reported == {"prompt_tokens": 7, "completion_tokens": 5, "tokens_estimated": False}
+    assert estimated["tokens_estimated"] is True
+    assert estimated["prompt_tokens"] == tokens_estimate(["how many tokens is this"]) > 0
+    assert estimated["completion_tokens"] == tokens_estimate(["a fair few, I would say"]) > 0
+    assert usage_fields({"operation": "predict", "body": {}}, None, None, [1]) == {
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "tokens_estimated": False,
+    }
