@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict mlflow-ui
+.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict bench-openai mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -63,6 +63,12 @@ bench-auth: $(STAMP)
 #   make bench-predict BENCH_ARGS="--requests 300 1600 --worker-pool prefork --worker-concurrency 8"
 bench-predict: $(STAMP)
 	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/predict_latency.py $(BENCH_ARGS)
+
+# Time to first token and latency of the OpenAI-compatible API (/v1/) through the portal vs the demo OpenAI server
+# called directly (docs/benchmarks.md). Its own VAR_DIR by default, as bench-predict:
+#   make bench-openai BENCH_ARGS="--concurrency 1 8 --requests 200 600 --delay-ms 5"
+bench-openai: $(STAMP)
+	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/openai_latency.py $(BENCH_ARGS)
 
 # MLflow's own UI on the portal's store, for operators (http://127.0.0.1:5050/)
 mlflow-ui: $(STAMP)

@@ -18,59 +18,57 @@ the number of portal requests answered, and verifies the tenant's hash chain aft
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
-import secrets
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from bench.common import (
+    PYTHON,
+    CpuMeter,
+    Interrupted,
+    Processes,
+    Series,
+    batch,
+    bench_access,
+    celery_worker_command,
+    clients_open,
+    demo_values,
+    gunicorn_worker_class,
+    interrupts_raise,
+    load_average,
+    manage,
+    nearest_rank,
+    portal_environment,
+    print_cpu,
+    processes,
+    records_count,
+    rounds_alternating,
+    service_pids,
+    wait_until,
+)
 from config.devstack import free_port, var_dir
 
-PYTHON = sys.executable
 BODY = (ROOT / "example.json").read_bytes()
 WORKER_NODE = f"bench-predict@{socket.gethostname()}"
 BENCH_PLAN = "enterprise"
 BENCH_KEY_RPM = 1_000_000
 BENCH_KEY_NAME = "bench-predict"
-# gunicorn and uvicorn close a keep-alive connection after 5 idle seconds; a client that reuses one at that very
-# moment gets "server disconnected" for a request the server never read. Dropping idle connections earlier on
-# the client's side leaves no such race (a fresh connection on loopback costs a fraction of a millisecond).
-CLIENT_LIMITS = httpx.Limits(max_connections=1, keepalive_expiry=2.0)
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM turned into an exception, so that every clean-up runs."""
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    clean_up_uninterrupted()
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def clean_up_uninterrupted() -> None:
-    """From here on the run only cleans up: a terminal's Ctrl-C reaches us and the launcher, which then sends
-    SIGTERM too, and that second signal must not cut short the restoring of the demo tenant or the stopping."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="alternating direct/portal rounds per level")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up requests per client thread and path")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers (WEB_CONCURRENCY)")
-    parser.add_argument("--web-threads", type=int, default=4, help="threads per gunicorn worker (GUNICORN_THREADS)")
     parser.add_argument("--worker-pool", default="threads", choices=["prefork", "threads"], help="Celery --pool")
     parser.add_argument("--worker-concurrency", type=int, default=16, help="Celery worker concurrency (-c)")
     parser.add_argument("--model-workers", type=int, default=1, help="mlflow models serve -w")
@@ -92,109 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.concurrency) < 1 or args.rounds < 1:
         parser.error("concurrency and rounds must be positive")
     return args
-
-
-# --- Environment and processes -------------------------------------------------------------------------------
-
-
-def _production_secrets(path: Path) -> dict[str, str]:
-    """SECRET_KEY and API_KEY_PEPPER for DEBUG=0: the environment's, else ones generated once and kept in
-    VAR_DIR, so that the demo key seed_demo wrote last time still verifies and a run does not mint a new one.
-    Secrets from the environment are never written anywhere."""
-    missing = [name for name in ("SECRET_KEY", "API_KEY_PEPPER") if not os.environ.get(name)]
-    if not missing:
-        return {}
-    kept = {}
-    if path.exists():
-        kept = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    generated = {name: kept.get(name) or secrets.token_urlsafe(64) for name in missing}
-    if any(kept.get(name) != value for name, value in generated.items()):
-        path.write_text("".join(f"{name}={value}\n" for name, value in {**kept, **generated}.items()))
-        path.chmod(0o600)
-    return generated
-
-
-def environment_prepare(args: argparse.Namespace, *, web_port: int, model_port: int) -> dict[str, str]:
-    """Set what every process of the run (this one included) must agree on; returns what to print."""
-    shown = {
-        "DEBUG": "1" if args.debug else "0",
-        "PORTAL_BASE_URL": f"http://localhost:{web_port}",
-        "DEMO_MODEL_PORT": str(model_port),
-        "GUNICORN_BIND": f"127.0.0.1:{web_port}",
-        "WEB_CONCURRENCY": str(args.web_workers),
-        "GUNICORN_THREADS": str(args.web_threads),
-        "GUNICORN_ACCESS_LOG": "",
-    }
-    os.environ.update(shown)
-    if not args.debug:
-        os.environ.update(_production_secrets(var_dir() / "bench-secrets.env"))
-        # Plain HTTP on loopback: in production a TLS-terminating proxy sits in front, so no redirect here.
-        os.environ["SECURE_SSL_REDIRECT"] = "0"
-        shown["SECURE_SSL_REDIRECT"] = "0"
-    os.environ["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # mlflow finds its tools
-    return shown
-
-
-@dataclass
-class Processes:
-    """The children this run started; each in its own session, so a terminal's Ctrl-C reaches only us."""
-
-    log_dir: Path
-    children: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(self, name: str, command: list[str]) -> None:
-        with (self.log_dir / f"{name}.log").open("wb") as log:
-            self.children[name] = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def check(self) -> None:
-        for name, child in self.children.items():
-            if child.poll() is not None:
-                raise RuntimeError(f"{name} exited with {child.returncode}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop_all(self) -> None:
-        for child in self.children.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in self.children.values():
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-
-
-@contextlib.contextmanager
-def processes(log_dir: Path) -> Iterator[Processes]:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    running = Processes(log_dir)
-    try:
-        yield running
-    finally:
-        clean_up_uninterrupted()
-        running.stop_all()
-
-
-def manage(*args: str) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=True)
-
-
-def wait_until(what: str, ready: Callable[[], bool], running: Processes, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running.check()
-        with contextlib.suppress(Exception):
-            if ready():
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} was not ready after {timeout:.0f} s")
 
 
 # --- Requests and CPU ----------------------------------------------------------------------------------------
@@ -211,74 +105,13 @@ class Target:
 
 
 @dataclass
-class Series:
-    """What one path did at one concurrency, accumulated over rounds."""
+class PredictSeries(Series):
+    """A series, with what each portal answer said of its own time."""
 
-    latencies_ms: list[float] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)
-    errors: int = 0
-    wall_seconds: float = 0.0
     server_ms: dict[str, tuple[float, float]] = field(default_factory=dict)  # request id -> (client, in predict())
-    cpu_seconds: Counter = field(default_factory=Counter)
-    records_grown: int = 0
-
-    @property
-    def sent(self) -> int:
-        return len(self.latencies_ms) + self.errors
-
-    @property
-    def answered(self) -> int:
-        return sum(count for status, count in self.statuses.items() if isinstance(status, int))
 
 
-class CpuMeter:
-    """CPU seconds (user + system) of each process tree named, of this client process and of the whole machine.
-
-    On a two-core machine the portal path is CPU-bound at any real concurrency, so CPU per request says
-    where its time goes; "rest of machine" is everything not named: the OS and whatever else runs there.
-    """
-
-    def __init__(self, roots: dict[str, int]) -> None:
-        self.roots = roots
-
-    @staticmethod
-    def _tree(pid: int) -> float:
-        try:
-            root = psutil.Process(pid)
-            members = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for member in members:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                times = member.cpu_times()
-                total += times.user + times.system
-        return total
-
-    def read(self) -> dict[str, float]:
-        values = {name: self._tree(pid) for name, pid in self.roots.items()}
-        own = psutil.Process().cpu_times()
-        values["bench client"] = own.user + own.system
-        machine = psutil.cpu_times()
-        # Linux counts guest time inside user time, and steal is the hypervisor's, not ours.
-        values["machine"] = sum(getattr(machine, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
-        return values
-
-
-def service_pids() -> dict[str, int]:
-    """The embedded PostgreSQL and Redis of the launcher, when it started them (not external ones)."""
-    pids = {}
-    pidfile = var_dir() / "pgdata" / "postmaster.pid"
-    if str(pidfile.parent) in os.environ.get("DATABASE_URL", "") and pidfile.exists():
-        pids["PostgreSQL"] = int(pidfile.read_text().split()[0])
-    with contextlib.suppress(psutil.Error):
-        for sibling in psutil.Process(os.getppid()).children():
-            if sibling.name().startswith("redis-server"):
-                pids["Redis"] = sibling.pid
-    return pids
-
-
-def _one(client: httpx.Client, target: Target, series: Series, lock: threading.Lock) -> None:
+def _one(client: httpx.Client, target: Target, series: PredictSeries, lock: threading.Lock) -> None:
     started = time.perf_counter()
     try:
         response = client.post(target.url, content=BODY, headers=target.headers)
@@ -299,117 +132,14 @@ def _one(client: httpx.Client, target: Target, series: Series, lock: threading.L
             series.server_ms[answer["request_id"]] = (elapsed_ms, float(answer["latency_ms"]))
 
 
-def batch(
-    clients: list[httpx.Client],
-    target: Target,
-    total: int,
-    series: Series,
-    stop: threading.Event,
-    meter: CpuMeter | None = None,
-) -> None:
-    """`total` requests spread over one thread per client, all released together; adds to `series`."""
-    concurrency = len(clients)
-    shares = [total // concurrency + (index < total % concurrency) for index in range(concurrency)]
-    lock = threading.Lock()
-    gate = threading.Barrier(concurrency + 1)
-
-    def client_loop(client: httpx.Client, share: int) -> None:
-        gate.wait()
-        for _ in range(share):
-            if stop.is_set():
-                return
-            _one(client, target, series, lock)
-
-    threads = [
-        threading.Thread(target=client_loop, args=(client, share), daemon=True)
-        for client, share in zip(clients, shares, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    cpu_before = meter.read() if meter else {}
-    gate.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    series.wall_seconds += time.perf_counter() - started
-    if meter:
-        series.cpu_seconds.update({name: value - cpu_before[name] for name, value in meter.read().items()})
+def _sender(target: Target, series: PredictSeries) -> Callable[[httpx.Client, threading.Lock], None]:
+    return lambda client, lock: _one(client, target, series, lock)
 
 
-def _load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+# --- The compliance record ------------------------------------------------------------------------------------
 
 
-def nearest_rank(sorted_values: list[float], fraction: float) -> float:
-    return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
-
-
-# --- The demo tenant --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def bench_access(plan: str, state_dir: Path) -> Iterator[tuple[object, str, str]]:
-    """A bench key with a high per-key limit, and the demo tenant on `plan` while it runs; both undone after.
-
-    The tenant's plan bucket (TEAM: 3,000 requests a minute) would refuse a large run; a plan with a higher
-    limit keeps the same limit check on every request, only with room for the benchmark's volume. The plan to
-    go back to is kept in a file until it is restored, so a run that could not clean up (killed, or its
-    database stopped first) is put right by the next one, which also revokes any bench key left behind.
-    """
-    from django_tenants.utils import get_public_schema_name, schema_context, tenant_context
-
-    from apps.accounts.models import User
-    from apps.apikeys.models import ApiKey, Scope
-    from apps.apikeys.services import apikey_create, apikey_revoke
-    from apps.tenants.management.commands.seed_demo import DEMO_SLUG, OWNER_EMAIL
-    from apps.tenants.models import Tenant
-
-    pending = state_dir / "demo-plan-to-restore"
-    with schema_context(get_public_schema_name()):
-        tenant = Tenant.objects.get(schema_name=DEMO_SLUG)
-    original_plan = pending.read_text().strip() if pending.exists() else tenant.plan
-    pending.write_text(original_plan)
-    with tenant_context(tenant):
-        owner = User.objects.get(email=OWNER_EMAIL)
-        for stale in ApiKey.objects.filter(name=BENCH_KEY_NAME, revoked_at__isnull=True):
-            apikey_revoke(actor=owner, key=stale)
-        key, secret = apikey_create(
-            actor=owner, name=BENCH_KEY_NAME, scopes=[Scope.INFERENCE], requests_per_minute=BENCH_KEY_RPM
-        )
-    try:
-        with schema_context(get_public_schema_name()):
-            tenant.plan = plan
-            tenant.save(update_fields=["plan"])  # its post_save drops the cached host -> tenant entry
-        yield tenant, key.prefix, secret
-    finally:
-        clean_up_uninterrupted()
-        try:
-            with schema_context(get_public_schema_name()):
-                tenant.plan = original_plan
-                tenant.save(update_fields=["plan"])
-            pending.unlink()
-            with tenant_context(tenant):
-                apikey_revoke(actor=owner, key=key)
-            print(f"restored the demo tenant's plan to {original_plan!r} and revoked bench key {key.prefix}")
-        except Exception as error:  # the database may already be gone: say so and go on stopping
-            print(
-                f"could not restore the demo tenant (plan back to {original_plan!r}, revoke bench key {key.prefix}):"
-                f" {type(error).__name__}; the next run does both",
-                file=sys.stderr,
-            )
-
-
-def records_count(tenant: object, key_prefix: str) -> int:
-    from django_tenants.utils import tenant_context
-
-    from apps.compliance.models import InferenceRecord
-
-    with tenant_context(tenant):
-        return InferenceRecord.objects.filter(key_prefix=key_prefix).count()
-
-
-def time_split(tenant: object, series: Series) -> dict[str, float]:
+def time_split(tenant: object, series: PredictSeries) -> dict[str, float]:
     """Per-request medians of where a portal request's time went, from its answer and its compliance record."""
     from django_tenants.utils import tenant_context
 
@@ -440,10 +170,14 @@ SPLIT_COLUMNS = ("outside predict()", "checks before enqueue", "enqueue to answe
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    interrupts_raise()
     web_port, model_port = free_port(), free_port()
-    shown = environment_prepare(args, web_port=web_port, model_port=model_port)
+    shown = portal_environment(
+        debug=args.debug,
+        web_port=web_port,
+        web_workers=args.web_workers,
+        extra={"DEMO_MODEL_PORT": str(model_port)},
+    )
     bench_dir = var_dir() / "bench-predict"
     try:
         with processes(bench_dir) as running:
@@ -461,7 +195,7 @@ def run(args: argparse.Namespace, running: Processes, shown: dict[str, str], *, 
     manage("migrate_schemas", "--noinput", "-v", "0")
     manage("mlflow_prepare")
     manage("seed_demo")
-    demo = dict(line.split("=", 1) for line in (var_dir() / "demo.env").read_text().splitlines() if "=" in line)
+    demo = demo_values()
     running.start(
         "model server",
         [PYTHON, "-m", "mlflow", "models", "serve", "-m", demo["DEMO_MODEL_PATH"], "--env-manager", "local",
@@ -470,10 +204,8 @@ def run(args: argparse.Namespace, running: Processes, shown: dict[str, str], *, 
     running.start("web", [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"])
     running.start(
         "worker",
-        [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "pool.cpu", "-l", "WARNING", "-n", WORKER_NODE,
-         "--pool", args.worker_pool, "-c", str(args.worker_concurrency),
-         "--without-heartbeat", "--without-mingle", "--without-gossip"],
-    )  # fmt: skip
+        celery_worker_command(node=WORKER_NODE, pool=args.worker_pool, concurrency=args.worker_concurrency),
+    )
 
     import django
 
@@ -487,7 +219,8 @@ def run(args: argparse.Namespace, running: Processes, shown: dict[str, str], *, 
     wait_until("the model server", lambda: probe.get(f"{direct_url}/ping").status_code == 200, running)
     wait_until("the Celery worker", lambda: bool(celery_app.control.ping([WORKER_NODE], timeout=1.0)), running)
 
-    with bench_access(BENCH_PLAN, running.log_dir) as (tenant, key_prefix, secret):
+    access = bench_access(BENCH_PLAN, key_name=BENCH_KEY_NAME, requests_per_minute=BENCH_KEY_RPM)
+    with access as (tenant, key_prefix, secret):
         auth = {"Host": host, "Authorization": f"Bearer {secret}"}
         me_url = f"http://127.0.0.1:{web_port}/api/v1/me"
         wait_until("gunicorn", lambda: probe.get(me_url, headers=auth).status_code == 200, running)
@@ -514,28 +247,21 @@ def measure(
     running: Processes,
     meter: CpuMeter,
     count_records: Callable[[], int],
-) -> dict[int, dict[str, Series]]:
+) -> dict[int, dict[str, PredictSeries]]:
     """Warm both paths, then time them in alternating rounds at each concurrency."""
     stop = threading.Event()
-    results: dict[int, dict[str, Series]] = {}
+    results: dict[int, dict[str, PredictSeries]] = {}
     try:
         for concurrency, total in zip(args.concurrency, args.requests, strict=True):
-            clients = {
-                t.name: [
-                    httpx.Client(trust_env=False, timeout=args.timeout, limits=CLIENT_LIMITS)
-                    for _ in range(concurrency)
-                ]
-                for t in targets
-            }
+            clients = {t.name: clients_open(concurrency, args.timeout) for t in targets}
             for target in targets:
-                batch(clients[target.name], target, max(50, args.warmup * concurrency), Series(), stop)
+                warmup = PredictSeries()
+                batch(clients[target.name], _sender(target, warmup), max(50, args.warmup * concurrency), warmup, stop)
             running.check()
-            levels = {t.name: Series() for t in targets}
+            levels = {t.name: PredictSeries() for t in targets}
             records_before = count_records()
-            per_round = [total // args.rounds + (i < total % args.rounds) for i in range(args.rounds)]
-            for index, share in enumerate(per_round):
-                for target in targets if index % 2 == 0 else targets[::-1]:
-                    batch(clients[target.name], target, share, levels[target.name], stop, meter)
+            paths = [(clients[t.name], _sender(t, levels[t.name]), levels[t.name]) for t in targets]
+            rounds_alternating(paths, total, args.rounds, stop, meter)
             levels["portal"].records_grown = count_records() - records_before
             running.check()
             results[concurrency] = levels
@@ -561,6 +287,7 @@ def _print_settings(
             "- production-like: DEBUG=0; SECRET_KEY, API_KEY_PEPPER from the environment or VAR_DIR/bench-secrets.env"
         )
     print(
+        f"- gunicorn: {args.web_workers} workers of {gunicorn_worker_class()}\n"
         f"- Celery worker: -Q pool.cpu --pool {args.worker_pool} -c {args.worker_concurrency} (log level WARNING)\n"
         f"- model server: mlflow models serve -m {demo['DEMO_MODEL_PATH']} --env-manager local -w {args.model_workers}"
         f" at {direct_url}\n"
@@ -571,12 +298,12 @@ def _print_settings(
         f"- body: example.json ({len(BODY)} bytes, 2 rows); {args.rounds} rounds per level, direct/portal order"
         f" alternating; warm-up: max(50, {args.warmup} x concurrency) requests per path before each level\n"
         f"- machine: {os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]};"
-        f" load average before measuring: {_load()}\n",
+        f" load average before measuring: {load_average()}\n",
         flush=True,
     )
 
 
-def report(results: dict[int, dict[str, Series]], tenant: object, started: float) -> int:
+def report(results: dict[int, dict[str, PredictSeries]], tenant: object, started: float) -> int:
     from apps.compliance.records import chain_verify
 
     print("\n| concurrency | path | requests | errors | median ms | p99 ms | requests/s |")
@@ -599,13 +326,20 @@ def report(results: dict[int, dict[str, Series]], tenant: object, started: float
 
     ok = _checks(results, tenant, chain_verify(schema_name=tenant.schema_name))
     _print_split(results, tenant)
-    _print_cpu(results)
-    print(f"\nload average after measuring: {_load()} (anything else running on the machine shows here)")
+    print_cpu(
+        [
+            ((str(concurrency), path), series)
+            for concurrency, levels in results.items()
+            for path, series in levels.items()
+        ],
+        ("concurrency", "path"),
+    )
+    print(f"\nload average after measuring: {load_average()} (anything else running on the machine shows here)")
     print(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} ({time.monotonic() - started:.0f} s in all)")
     return 0 if ok else 1
 
 
-def _checks(results: dict[int, dict[str, Series]], tenant: object, chain: object) -> bool:
+def _checks(results: dict[int, dict[str, PredictSeries]], tenant: object, chain: object) -> bool:
     ok = chain.ok
     print("\n## Checks\n")
     for concurrency, levels in results.items():
@@ -622,7 +356,7 @@ def _checks(results: dict[int, dict[str, Series]], tenant: object, chain: object
     return ok
 
 
-def _print_split(results: dict[int, dict[str, Series]], tenant: object) -> None:
+def _print_split(results: dict[int, dict[str, PredictSeries]], tenant: object) -> None:
     print(
         "\n## Where a portal request's time goes (per-request medians, ms)\n\n"
         "outside predict() = client round trip minus the view's own `latency_ms` (HTTP, gunicorn, middleware, key"
@@ -638,30 +372,6 @@ def _print_split(results: dict[int, dict[str, Series]], tenant: object) -> None:
         client = statistics.median(levels["portal"].latencies_ms) if levels["portal"].latencies_ms else math.nan
         cells = " | ".join(f"{split.get(name, math.nan):.2f}" for name in SPLIT_COLUMNS)
         print(f"| {concurrency} | {client:.2f} | {cells} |")
-
-
-def _print_cpu(results: dict[int, dict[str, Series]]) -> None:
-    first = next(iter(next(iter(results.values())).values()))
-    names = [name for name in first.cpu_seconds if name != "machine"]
-    cores = os.cpu_count() or 1
-    print(
-        f"\n## CPU per request (ms of CPU, measured rounds only; {cores} cores)\n\n"
-        "rest of machine = all CPU time of the machine minus the processes named (the OS, anything else running);"
-        " busy = CPU used / (cores x wall time).\n"
-    )
-    print(f"| concurrency | path | {' | '.join(names)} | rest of machine | total | busy |")
-    print(f"| ---: | --- |{' ---: |' * (len(names) + 3)}")
-    for concurrency, levels in results.items():
-        for path, series in levels.items():
-            count = max(1, series.sent)
-            machine = series.cpu_seconds["machine"]
-            named = sum(series.cpu_seconds[name] for name in names)
-            cells = " | ".join(f"{series.cpu_seconds[name] * 1000 / count:.1f}" for name in names)
-            busy = machine / (cores * series.wall_seconds) if series.wall_seconds else math.nan
-            print(
-                f"| {concurrency} | {path} | {cells} | {(machine - named) * 1000 / count:.1f} |"
-                f" {machine * 1000 / count:.1f} | {busy:.0%} |"
-            )
 
 
 if __name__ == "__main__":
