@@ -506,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    # Requests already run side by side in threads; BLAS threads on top of them fight over the same cores
+    # (on two cores, concurrent embeddings got several times slower with OpenBLAS's default of one per core).
+    threadpool_limits(limits=1, user_api="blas")
 
     app = create_app(
         chat_model=args.chat_model, embed_model=args.embed_model, api_key=args.api_key, delay_ms=args.delay_ms
