@@ -2,7 +2,8 @@ from django.db import models
 
 
 class AccessEvent(models.Model):
-    """One refused request (bad or missing credentials, wrong network, rate or budget limit, failed login).
+    """One access event: a refused request (bad or missing credentials, wrong network, rate or budget limit,
+    failed login) or a sign-in worth auditing (logins, second-factor enrolment and use, entering the admin).
 
     Refusals never reach a view, so without this table a tenant could not see who is probing its API,
     from where, or with which key. Rows arrive in bulk from a Redis buffer (`access_events_flush`), never
@@ -21,6 +22,11 @@ class AccessEvent(models.Model):
         TOKENS_PER_MINUTE = "tokens_per_minute", "Tokens per minute exceeded"
         FORBIDDEN_SCOPE = "forbidden_scope", "Scope not granted"
         LOGIN_FAILED = "login_failed", "Login failed"
+        LOGIN = "login", "Logged in"
+        ADMIN_LOGIN = "admin_login", "Entered the admin (second factor verified)"
+        TOTP_ENROLLED = "totp_enrolled", "Enrolled a second factor"
+        TOTP_FAILED = "totp_failed", "Second factor refused"
+        RECOVERY_CODE_USED = "recovery_code_used", "Used a recovery code"
         BUFFER_OVERFLOW = "buffer_overflow", "Events dropped while the buffer was full"
 
     occurred_at = models.DateTimeField(db_index=True)
