@@ -73,7 +73,7 @@ SHARED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.admin",
+    "apps.accounts.admin_config.TwoFactorAdminConfig",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -87,8 +87,11 @@ TENANT_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
-    "django.contrib.admin",
+    "apps.accounts.admin_config.TwoFactorAdminConfig",
     "apps.accounts",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "auditlog",
     "axes",
     "apps.apikeys",
@@ -111,6 +114,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
@@ -196,6 +200,14 @@ AXES_USERNAME_FORM_FIELD = "username"  # the login form's field name, though use
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Second factor (TOTP) for the roles that open the admin. A wrong code doubles the wait before the next
+# try on that device (factor, 2x factor, 4x factor ... seconds), so guessing six digits is hopeless.
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="AI PaaS Portal")
+OTP_TOTP_THROTTLE_FACTOR = env.int("OTP_TOTP_THROTTLE_FACTOR", default=1)
+OTP_STATIC_THROTTLE_FACTOR = env.int("OTP_STATIC_THROTTLE_FACTOR", default=1)
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # the admin never shows a TOTP secret or a recovery code
+RECOVERY_CODE_COUNT = 10
 
 # --- API keys and the REST API ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import redis
 import requests
 from django.conf import settings
 from django.test import Client
+from django_tenants.utils import tenant_context
 
 PASSWORD = "correct-Horse-battery-9"
 
@@ -32,6 +33,26 @@ def bearer(secret: str) -> dict:
 def login(client: Client, user) -> Client:
     """Log in through the real login view (axes and all), as a browser would."""
     response = client.post("/login/", {"username": user.email, "password": PASSWORD})
+    assert response.status_code == 302, response.content[:500]
+    return client
+
+
+def otp_login(client: Client, user) -> Client:
+    """Log in as `login` does, then pass the second factor the way a member does: enrol an authenticator
+    (or reuse the one the user has) and type its current code on the verify page."""
+    from django_otp.oath import totp
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    login(client, user)
+    tenant = client.get("/account/two-factor/verify/").wsgi_request.tenant
+    with tenant_context(tenant):
+        device = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).first()
+        if device is None:
+            device = TOTPDevice.objects.create(user_id=user.pk, name="Authenticator app", confirmed=True)
+        device.last_t = -1  # a code may be used once per 30 s step; tests log in more often than that
+        device.throttle_reset()
+        code = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift)
+    response = client.post("/account/two-factor/verify/", {"code": f"{code:0{device.digits}d}", "next": "/admin/"})
     assert response.status_code == 302, response.content[:500]
     return client
 

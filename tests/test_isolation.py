@@ -7,7 +7,7 @@ from django_tenants.utils import tenant_context
 from apps.accounts.models import User
 from apps.accounts.roles import Role
 from apps.accounts.selectors import user_role
-from tests.helpers import PASSWORD, host_of, login
+from tests.helpers import PASSWORD, host_of, login, otp_login
 
 
 def test_b_user_cannot_log_in_on_a_host(client_a, cast):
@@ -28,7 +28,7 @@ def test_a_session_cookie_is_worthless_on_b_host(client_a, cast):
 
 
 def test_a_admin_shows_nothing_of_b(client_a, cast):
-    login(client_a, cast.olivia)
+    otp_login(client_a, cast.olivia)
     users = client_a.get("/admin/accounts/user/").content
     audit = client_a.get("/admin/auditlog/logentry/").content
     for page in (users, audit):
@@ -38,7 +38,7 @@ def test_a_admin_shows_nothing_of_b(client_a, cast):
 
 
 def test_a_admin_does_not_list_tenants(client_a, cast):
-    alice = login(client_a, cast.alice)
+    alice = otp_login(client_a, cast.alice)
     assert b"Tenants" not in alice.get("/admin/").content
     assert alice.get("/admin/tenants/tenant/").status_code in (403, 404)
 

@@ -1,7 +1,11 @@
 """Reads on members and roles."""
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.shortcuts import get_object_or_404
+from django_otp.plugins.otp_static.models import StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+from django_tenants.utils import get_public_schema_name
 
 from apps.accounts.models import User
 from apps.accounts.roles import Role
@@ -37,3 +41,25 @@ def member_counts() -> dict[str, int]:
         **aggregates,
     )
     return row
+
+
+def second_factor_required(user: User) -> bool:
+    """Whoever may open a tenant's admin (the staff roles) must use a second factor there and in the reports.
+
+    Platform staff in the public schema are not asked yet: the public host has no enrolment pages.
+    """
+    if connection.schema_name == get_public_schema_name():
+        return False
+    return bool(user.is_active and user.is_staff)
+
+
+def totp_device_get(*, user: User, confirmed: bool | None = None) -> TOTPDevice | None:
+    """The member's authenticator app (one per member); `confirmed=False` is an enrolment not yet finished."""
+    devices = TOTPDevice.objects.filter(user=user).order_by("-pk")
+    if confirmed is not None:
+        devices = devices.filter(confirmed=confirmed)
+    return devices.first()
+
+
+def recovery_codes_left(*, user: User) -> int:
+    return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()

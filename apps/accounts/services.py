@@ -1,19 +1,30 @@
 """Writes on members and roles. Every change names its actor, so the audit log can say who did it."""
 
+import math
+from dataclasses import dataclass, field
+
+import django_otp
 from auditlog.context import set_actor
 from django.apps import apps as django_apps
+from django.conf import settings
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+from django_otp.models import Device
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.accounts.models import User
 from apps.accounts.roles import ROLE_PERMISSIONS, STAFF_ROLES, Role
-from apps.accounts.selectors import active_owner_count, user_role
+from apps.accounts.selectors import active_owner_count, second_factor_required, totp_device_get, user_role
+from apps.compliance.models import AccessEvent
+from apps.compliance.services import access_event_from_request
 
 
 class MemberActionRefused(ValidationError):
@@ -110,3 +121,123 @@ def _forget_keys_of(member: User) -> None:
     from apps.apikeys.services import apikeys_forget_owner
 
     apikeys_forget_owner(owner=member)
+
+
+# --- Second factor ---------------------------------------------------------------------------------
+
+
+class SecondFactorRefused(ValidationError):
+    """A second-factor action the member may not take now (enrol twice, or regenerate codes unverified)."""
+
+
+@dataclass(frozen=True)
+class SecondFactorResult:
+    """The outcome of one code: `wait_seconds` > 0 when the device refused to look at it (throttled)."""
+
+    verified: bool
+    wait_seconds: int = 0
+    recovery_codes: list[str] = field(default_factory=list)
+
+
+def _code_check(device: Device, code: str) -> SecondFactorResult:
+    """One try against one device, inside the caller's locked transaction; wrong codes lengthen the wait."""
+    allowed, info = device.verify_is_allowed()
+    if not allowed:
+        wait = (info["locked_until"] - timezone.now()).total_seconds() if info and "locked_until" in info else 1
+        return SecondFactorResult(verified=False, wait_seconds=max(1, math.ceil(wait)))
+    return SecondFactorResult(verified=device.verify_token(code))
+
+
+def _recovery_codes_replace(user: User) -> list[str]:
+    """Fresh recovery codes; the old ones stop working. Audit-logged as token rows, never with their value."""
+    device, _ = StaticDevice.objects.get_or_create(user=user, defaults={"name": "Recovery codes", "confirmed": True})
+    for token in device.token_set.all():
+        token.delete()
+    codes = [StaticToken.random_token() for _ in range(settings.RECOVERY_CODE_COUNT)]
+    for code in codes:
+        StaticToken.objects.create(device=device, token=code)
+    return codes
+
+
+def _session_verify(request, device: Device, *, how: str) -> None:
+    """Mark this session verified (a new session key, as at any privilege change) and audit the admin entry."""
+    request.session.cycle_key()
+    django_otp.login(request, device)
+    access_event_from_request(request, reason=AccessEvent.Reason.ADMIN_LOGIN, user_id=device.user_id, detail=how)
+
+
+def _refused(request, user: User, result: SecondFactorResult, *, kind: str) -> None:
+    detail = f"{kind}, throttled for {result.wait_seconds}s" if result.wait_seconds else kind
+    access_event_from_request(request, reason=AccessEvent.Reason.TOTP_FAILED, user_id=user.pk, detail=detail)
+
+
+def totp_enrolment_start(*, user: User) -> TOTPDevice:
+    """The pending authenticator to show; the same one on every reload, since the app may already hold its secret."""
+    if not second_factor_required(user):
+        raise SecondFactorRefused("Only owners and compliance officers use a second factor.", code="not_staff")
+    if totp_device_get(user=user, confirmed=True) is not None:
+        raise SecondFactorRefused("You already have an authenticator app.", code="already_enrolled")
+    device = totp_device_get(user=user, confirmed=False)
+    if device is None:
+        with set_actor(user):
+            device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+    return device
+
+
+def totp_enrolment_confirm(*, request, user: User, code: str) -> SecondFactorResult:
+    """Confirm the pending authenticator with one code from it (proof the secret was copied).
+
+    On success the session is verified and 10 recovery codes are returned, to be shown once.
+    """
+    code = "".join(code.split())
+    with transaction.atomic(), set_actor(user):
+        if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+            raise SecondFactorRefused("You already have an authenticator app.", code="already_enrolled")
+        device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("-pk").first()
+        if device is None:
+            raise SecondFactorRefused("Start the enrolment again.", code="no_pending_device")
+        result = _code_check(device, code)
+        if result.verified:
+            device.confirmed = True
+            device.save(update_fields=["confirmed"])
+            result = SecondFactorResult(verified=True, recovery_codes=_recovery_codes_replace(user))
+    if not result.verified:
+        _refused(request, user, result, kind="enrolment code")
+        return result
+    access_event_from_request(request, reason=AccessEvent.Reason.TOTP_ENROLLED, user_id=user.pk)
+    _session_verify(request, device, how="enrolment")
+    return result
+
+
+def second_factor_verify(*, request, user: User, code: str) -> SecondFactorResult:
+    """Verify this session with a code from the app or a recovery code (which is then used up).
+
+    Six digits go to the app, anything else to the recovery codes, so a wrong code slows down only one of them.
+    """
+    code = "".join(code.split()).lower()
+    totp = totp_device_get(user=user, confirmed=True)
+    is_totp = totp is not None and code.isdigit() and len(code) == totp.digits
+    model = TOTPDevice if is_totp else StaticDevice
+    kind = "authenticator code" if is_totp else "recovery code"
+    with transaction.atomic():
+        device = model.objects.select_for_update().filter(user=user, confirmed=True).first()
+        result = _code_check(device, code) if device is not None else SecondFactorResult(verified=False)
+    if not result.verified:
+        _refused(request, user, result, kind=kind)
+        return result
+    if not is_totp:
+        left = device.token_set.count()
+        access_event_from_request(
+            request, reason=AccessEvent.Reason.RECOVERY_CODE_USED, user_id=user.pk, detail=f"{left} left"
+        )
+    _session_verify(request, device, how=kind)
+    return result
+
+
+def recovery_codes_regenerate(*, actor: User) -> list[str]:
+    """New recovery codes for a member whose session is verified now (a stolen password alone cannot do it)."""
+    is_verified = getattr(actor, "is_verified", None)
+    if is_verified is None or not is_verified():
+        raise SecondFactorRefused("Verify your second factor first.", code="not_verified")
+    with transaction.atomic(), set_actor(actor):
+        return _recovery_codes_replace(actor)

@@ -1,5 +1,5 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from apps.portal import inference_pages, keys, models_pages, views
 
@@ -30,5 +30,6 @@ urlpatterns = [
     path("playground/", inference_pages.playground, name="playground"),
     path("requests/", inference_pages.request_log, name="request_log"),
     path("requests/<str:request_id>/", inference_pages.request_detail, name="request_detail"),
+    path("account/two-factor/", include("apps.accounts.urls")),
     path("invitation/<uidb64>/<token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
 ]

@@ -10,7 +10,7 @@ from django.test import Client
 from apps.apikeys.models import ApiKey
 from apps.compliance.services import access_events_flush
 from config.redis import get_redis
-from tests.helpers import host_of
+from tests.helpers import host_of, otp_login
 
 
 def _database_text() -> str:
@@ -78,7 +78,7 @@ def test_no_raw_key_anywhere(cast, in_tenant_a, caplog):
     refused = client.get("/api/v1/me", HTTP_X_API_KEY=rotated["secret"])
     assert refused.status_code == 401
     officer = Client(HTTP_HOST=host_of(cast.tenant_a))
-    officer.force_login(cast.olivia)
+    otp_login(officer, cast.olivia)
     pages = [
         officer.get("/admin/apikeys/apikey/").content.decode(),
         officer.get(f"/admin/apikeys/apikey/{created['id']}/change/").content.decode(),

@@ -21,7 +21,7 @@ from apps.compliance.services import access_event_record, access_events_flush, b
 from apps.compliance.tasks import flush_access_events, flush_access_events_everywhere
 from config.celery import TenantContextMissing
 from config.redis import get_redis
-from tests.helpers import free_port, login
+from tests.helpers import free_port, login, otp_login
 
 Reason = AccessEvent.Reason
 
@@ -236,7 +236,7 @@ def test_officers_and_owners_read_the_access_audit_in_the_admin(cast, client_a, 
     with tenant_context(cast.tenant_a):
         _record(key_prefix="pk_seen_in_admin")
         access_events_flush()
-    login(client_a, getattr(cast, member))
+    otp_login(client_a, getattr(cast, member))
 
     response = client_a.get("/admin/compliance/accessevent/")
 
@@ -251,7 +251,7 @@ def test_staff_without_the_role_permission_cannot_open_the_access_audit(cast, cl
         officers.permissions.remove(
             Permission.objects.get(content_type__app_label="compliance", codename="view_accessevent")
         )
-    login(client_a, cast.olivia)
+    otp_login(client_a, cast.olivia)
 
     assert client_a.get("/admin/compliance/accessevent/").status_code == 403
 

@@ -10,7 +10,7 @@ from django.test import Client
 from apps.accounts.models import User
 from apps.accounts.roles import Role
 from apps.accounts.selectors import user_role
-from tests.helpers import PASSWORD, host_of, login
+from tests.helpers import PASSWORD, host_of, login, otp_login
 
 
 def test_dashboard_shows_tenant_name_and_member_counts(client_a, cast):
@@ -89,7 +89,7 @@ def test_last_owner_protection_shows_a_message(client_a, cast, in_tenant_a):
 
 
 def test_officer_reads_the_audit_trail_in_the_admin_and_developer_cannot_open_it(client_a, cast):
-    login(client_a, cast.olivia)
+    otp_login(client_a, cast.olivia)
     assert client_a.get("/admin/auditlog/logentry/").status_code == 200
     assert client_a.get("/admin/accounts/user/").status_code == 200
     developer = login(Client(HTTP_HOST=host_of(cast.tenant_a)), cast.dave)

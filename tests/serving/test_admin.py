@@ -4,7 +4,7 @@ import pytest
 
 from apps.serving.models import ModelServer
 from apps.serving.services import deployment_create
-from tests.helpers import login
+from tests.helpers import otp_login
 from tests.serving.conftest import make_model
 
 SECRET = "Bearer admin-must-not-show-9d1e"
@@ -19,7 +19,7 @@ def test_staff_read_servers_and_deployments_without_the_auth_header(client_a, ca
         actor=cast.alice, model=make_model("fraud", aliases={"champion": 1}), server=server, alias="champion"
     )
     encrypted = ModelServer.objects.get().auth_header_value_encrypted
-    login(client_a, getattr(cast, member))
+    otp_login(client_a, getattr(cast, member))
     pages = [
         client_a.get("/admin/serving/modelserver/"),
         client_a.get(f"/admin/serving/modelserver/{server.pk}/change/"),
