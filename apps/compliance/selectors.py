@@ -58,3 +58,37 @@ def record_list(
 def record_get(*, request_id: str) -> InferenceRecord:
     """Records exist only in the current tenant's schema: another tenant's request id is simply not found."""
     return get_object_or_404(_with_user_email(InferenceRecord.objects.all()), request_id=request_id)
+
+
+def with_user_email(items: QuerySet, *, field: str = "user_id") -> QuerySet:
+    """`user_email` from the tenant's users for each row of `items`, in the same query (`field` is a plain id)."""
+    email = User.objects.filter(pk=OuterRef(field)).values("email")[:1]
+    return items.annotate(user_email=Subquery(email))
+
+
+def member_choices() -> list[tuple[int, str]]:
+    """(id, email) of the current tenant's users, for filtering the audit by who acted."""
+    return list(User.objects.order_by("email").values_list("pk", "email"))
+
+
+def key_choices() -> list[tuple[str, str]]:
+    """(prefix, label) of the current tenant's API keys, revoked ones included: their records stay."""
+    from apps.apikeys.models import ApiKey
+
+    keys = ApiKey.objects.order_by("prefix").values_list("prefix", "name")
+    return [(prefix, f"{prefix} ({name})") for prefix, name in keys]
+
+
+def model_name_choices() -> list[tuple[str, str]]:
+    """Names of the tenant's registered models: read from the registry, not by scanning the records."""
+    from apps.registry.models import RegisteredModel
+
+    return [(name, name) for name in RegisteredModel.objects.order_by("name").values_list("name", flat=True)]
+
+
+def model_version_choices() -> list[tuple[str, str]]:
+    """The version numbers that exist in the tenant's registry, each once."""
+    from apps.registry.models import ModelVersion
+
+    numbers = ModelVersion.objects.order_by("version").values_list("version", flat=True).distinct()
+    return [(str(number), str(number)) for number in numbers]

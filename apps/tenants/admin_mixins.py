@@ -1,7 +1,8 @@
 """Admin building blocks shared by every app whose rows live in tenant schemas and change only through services."""
 
+from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django_tenants.utils import get_public_schema_name
 
 
@@ -16,9 +17,15 @@ class TenantOnlyAdminMixin:
 
 
 class ReadOnlyAdminMixin:
-    """Rows change only through services, which audit the change with its actor; the admin only reads."""
+    """Rows change only through services, which audit the change with its actor; the admin only reads.
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
+    The permissions say no to everyone, superusers included, and the list takes no POST at all: no bulk
+    actions (not even the built-in `delete_selected`), no list editing, so a crafted form cannot reach a write.
+    """
+
+    actions = None
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
@@ -26,3 +33,8 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        if request.method == "POST":
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)
