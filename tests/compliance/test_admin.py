@@ -403,6 +403,7 @@ def test_platform_staff_cannot_sign_in_to_a_tenants_admin(cast, platform_staff, 
     assert response.status_code == 200  # the form again, with an error: there is no such user in alpha
     assert client_a.get(RECORDS).status_code == 302
 
+    connection.set_schema_to_public()  # client_a's request left the connection on alpha's schema
     public_client.force_login(platform_staff)
     client_a.cookies[settings.SESSION_COOKIE_NAME] = public_client.cookies[settings.SESSION_COOKIE_NAME].value
     response = client_a.get(RECORDS)
