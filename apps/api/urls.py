@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from apps.api.views import MeView
 from apps.apikeys.api import KeyDetailView, KeyRevokeView, KeyRotateView, KeysView
+from apps.compliance import api as compliance
 from apps.inference.api import JobView, PredictView
 from apps.registry import api as registry
 from apps.serving import api as serving
@@ -47,6 +48,9 @@ urlpatterns = [
         serving.DeploymentDeactivateView.as_view(),
         name="api-deployment-deactivate",
     ),
+    path("reports", compliance.ReportsView.as_view(), name="api-reports"),
+    path("reports/<int:report_id>", compliance.ReportDetailView.as_view(), name="api-report"),
+    path("reports/<int:report_id>/download", compliance.ReportDownloadView.as_view(), name="api-report-download"),
     path("schema/", SpectacularAPIView.as_view(**_public), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", **_public), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema", **_public), name="api-redoc"),

@@ -6,7 +6,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 
 from apps.accounts.models import User
-from apps.compliance.models import AccessEvent, InferenceRecord
+from apps.compliance.models import AccessEvent, ComplianceReport, InferenceRecord
 
 
 def access_event_list(*, since: datetime | None = None, reason: str | None = None) -> QuerySet[AccessEvent]:
@@ -92,3 +92,21 @@ def model_version_choices() -> list[tuple[str, str]]:
 
     numbers = ModelVersion.objects.order_by("version").values_list("version", flat=True).distinct()
     return [(str(number), str(number)) for number in numbers]
+
+
+def report_readers_allowed(user) -> bool:
+    """Reports name every user, key and input hash of the tenant: owners and compliance officers only."""
+    from apps.accounts.roles import STAFF_ROLES
+    from apps.accounts.selectors import user_role
+
+    return bool(user.is_authenticated and user.is_active and user_role(user) in STAFF_ROLES)
+
+
+def report_list() -> QuerySet[ComplianceReport]:
+    """The current tenant's reports, newest first, without their content (it can hold a million hashes)."""
+    return ComplianceReport.objects.select_related("requested_by").defer("content")
+
+
+def report_get(*, report_id: int) -> ComplianceReport:
+    """Reports live in the tenant's schema: another tenant's id is simply not found (404), like a made-up one."""
+    return get_object_or_404(ComplianceReport.objects.select_related("requested_by"), pk=report_id)

@@ -8,17 +8,21 @@ Redis round trip, and `access_events_flush` (a Celery task per tenant) writes th
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 
 import redis
+from auditlog.context import set_actor
+from django.core.exceptions import ValidationError
 from django.db import connection, models, transaction
 from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context
 from redis.commands.core import Script
 
-from apps.compliance.models import AccessEvent
+from apps.compliance.models import AccessEvent, ComplianceReport
+from apps.inference.hashing import sha256_hex
 from config.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -208,3 +212,80 @@ def access_event_from_request(
         request_id=getattr(django_request, "request_id", ""),
         detail=detail,
     )
+
+
+# --- compliance reports ---------------------------------------------------------------------------------------
+
+MAX_REPORT_PERIOD = timedelta(days=400)
+
+
+def report_request(
+    *, actor, start: datetime, end: datetime, model_name: str = "", key_prefix: str = ""
+) -> ComplianceReport:
+    """Queue a report on [start, end) for the current tenant; the audit log records who asked for what.
+
+    The task is sent only once the row is committed, so the worker never looks for a report that is not there.
+    """
+    if timezone.is_naive(start) or timezone.is_naive(end):
+        raise ValidationError("The period needs time-zone-aware start and end.", code="invalid_period")
+    if start >= end:
+        raise ValidationError("The period must start before it ends.", code="invalid_period")
+    if end - start > MAX_REPORT_PERIOD:
+        raise ValidationError(f"A report covers at most {MAX_REPORT_PERIOD.days} days.", code="period_too_long")
+    from apps.compliance.tasks import generate_compliance_report
+
+    with transaction.atomic(), set_actor(actor):
+        report = ComplianceReport.objects.create(
+            period_start=start,
+            period_end=end,
+            model_name=(model_name or "").strip(),
+            key_prefix=(key_prefix or "").strip(),
+            requested_by=actor,
+        )
+        transaction.on_commit(lambda: generate_compliance_report.delay(report_id=report.pk))
+    return report
+
+
+def _report_progress(report_id: int) -> Callable[[int], None]:
+    def step(percent: int) -> None:
+        ComplianceReport.objects.filter(pk=report_id).update(progress=percent)
+
+    return step
+
+
+def report_generate(*, report_id: int) -> ComplianceReport:
+    """Build a queued report, store its content and SHA-256; idempotent (a finished report is left as it is).
+
+    A failure marks the report failed with the reason instead of raising, so the portal can say what happened;
+    requesting a new report is the retry.
+    """
+    from apps.compliance.reports import report_build
+
+    report = ComplianceReport.objects.select_related("requested_by").get(pk=report_id)
+    if report.status in (ComplianceReport.Status.DONE, ComplianceReport.Status.FAILED):
+        return report
+    ComplianceReport.objects.filter(pk=report_id).update(status=ComplianceReport.Status.RUNNING, progress=0)
+    try:
+        content = report_build(
+            start=report.period_start,
+            end=report.period_end,
+            model_name=report.model_name or None,
+            key_prefix=report.key_prefix or None,
+            progress=_report_progress(report_id),
+        )
+        content["report"] = {
+            "id": report.pk,
+            "requested_by": report.requested_by.email if report.requested_by else None,
+            "requested_at": report.created.isoformat(),
+        }
+        report.content = content
+        report.content_sha256 = sha256_hex(content)
+        report.status = ComplianceReport.Status.DONE
+        report.progress = 100
+    except Exception as exc:
+        logger.exception("Compliance report %s in schema %s failed", report_id, connection.schema_name)
+        report.status = ComplianceReport.Status.FAILED
+        report.error = f"{type(exc).__name__}: {exc}"[:500]
+    report.finished = timezone.now()
+    report.save(update_fields=["content", "content_sha256", "status", "progress", "error", "finished"])
+    return report

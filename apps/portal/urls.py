@@ -1,6 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from apps.compliance import report_pages
 from apps.portal import inference_pages, keys, models_pages, views
 
 urlpatterns = [
@@ -30,6 +31,11 @@ urlpatterns = [
     path("playground/", inference_pages.playground, name="playground"),
     path("requests/", inference_pages.request_log, name="request_log"),
     path("requests/<str:request_id>/", inference_pages.request_detail, name="request_detail"),
+    path("reports/", report_pages.reports, name="reports"),
+    path("reports/<int:report_id>/", report_pages.report_detail, name="report_detail"),
+    path("reports/<int:report_id>.csv", report_pages.report_download, {"fmt": "csv"}, name="report_csv"),
+    path("reports/<int:report_id>.json", report_pages.report_download, {"fmt": "json"}, name="report_json"),
+    path("reports/<int:report_id>.html", report_pages.report_download, {"fmt": "html"}, name="report_html"),
     path("account/two-factor/", include("apps.accounts.urls")),
     path("invitation/<uidb64>/<token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
 ]
