@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET
 
 from apps.compliance import selectors
 from apps.compliance.exports import Column, csv_export_response
-from apps.compliance.models import AccessEvent, InferenceRecord
+from apps.compliance.models import AccessEvent, ComplianceReport, InferenceRecord
 from apps.tenants.admin_mixins import ReadOnlyAdminMixin, TenantOnlyAdminMixin
 
 # --- filters ------------------------------------------------------------------------------------------------
@@ -378,3 +378,17 @@ class AuditLogEntryAdmin(ReadOnlyAdminMixin, MissingIsNotFoundAdminMixin, CsvExp
         ("changes", lambda e: json.dumps(e.changes_dict, ensure_ascii=False, default=str)),
         ("correlation_id", lambda e: e.cid),
     )
+
+
+# --- compliance reports -------------------------------------------------------------------------------------
+
+
+@admin.register(ComplianceReport)
+class ComplianceReportAdmin(TenantOnlyAdminMixin, ReadOnlyAdminMixin, MissingIsNotFoundAdminMixin, admin.ModelAdmin):
+    """Reports are requested and read in the portal; the admin only lists them, never changes them."""
+
+    list_display = ("pk", "period_start", "period_end", "model_name", "key_prefix", "requested_by", "status", "created")
+    list_filter = ("status",)
+    list_select_related = ("requested_by",)
+    exclude = ("content",)  # can hold a million input hashes; the portal and the downloads show it
+    show_full_result_count = False

@@ -340,3 +340,12 @@ def test_another_tenant_never_sees_the_report(workload, cast, client_b, make_key
     assert client_b.get(f"/reports/{report.pk}.csv").status_code == 404
     with tenant_context(cast.tenant_b):
         assert not ComplianceReport.objects.exists()
+
+
+def test_a_developers_key_with_reports_read_is_still_refused(in_tenant_a, cast, client_a, make_key):
+    _, secret = make_key(cast.dave, scopes=("reports:read",))
+
+    response = client_a.get("/api/v1/reports", **bearer(secret))
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
