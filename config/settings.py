@@ -256,6 +256,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several resources have a `status` of their own; each gets its own, stable enum name in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelVersionStatusEnum": "apps.registry.models.ModelVersion.Status",
+        "ComplianceReportStatusEnum": "apps.compliance.models.ComplianceReport.Status",
+        "JobStatusEnum": ["queued", "running", "succeeded", "failed"],
+    },
 }
 
 # --- Model registry (MLflow) ------------------------------------------------------------------
