@@ -35,12 +35,13 @@ from apps.inference.services import (
     _record_safely,
     _refuse,
     _Request,
-    reply_key,
+    envelope_build,
+    envelope_send,
+    reply_wait,
 )
 from apps.inference.streaming import sse_events
 from apps.inference.tokens import prompt_texts, tokens_estimate
 from apps.serving.selectors import DEFAULT_ALIAS, Route, route_resolve
-from config.redis import get_redis_for_waiting
 
 OPERATIONS = ("chat", "completions", "embeddings")
 # The record's model for a body too broken to name one (model names never contain parentheses).
@@ -105,9 +106,7 @@ def openai_call(
     stream = bool(body.get("stream"))
     envelope = _envelope(state, route, operation, body, stream=stream, reservation=reservation)
     if stream:
-        from apps.inference.tasks import predict_on_worker
-
-        predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
+        envelope_send(envelope, route)
         grace = settings.INFERENCE_WORKER_GRACE_SECONDS
         events = sse_events(
             connection.schema_name,
@@ -229,49 +228,15 @@ def _budget_reserve(state, operation, body, route: Route, plan, key_limits_sourc
 
 def _envelope(state: _Request, route: Route, operation: str, body: dict, *, stream: bool, reservation) -> dict:
     state.dispatched_at = timezone.now()
-    return {
-        "request_id": state.request_id,
-        "operation": operation,
-        "stream": stream,
-        "model_name": route.model_name,
-        "mlflow_name": route.mlflow_name,
-        "version": state.version,
-        "alias": state.alias or "",
-        "canary": False,
-        "run_id": state.run_id,
-        "deployment_id": route.deployment_id,
-        "server_id": route.server_id,
-        "protocol": route.protocol,
-        "replica_urls": list(route.replica_urls),
-        "auth_header": route.auth_header,
-        "deadline": time.time() + route.timeout_seconds,
-        "body": body,
-        "input_sha256": state.input_sha256,
-        "key_id": state.caller.key_id,
-        "key_prefix": state.caller.key_prefix,
-        "user_id": state.caller.user_id,
-        "client_ip": state.caller.client_ip,
-        "received_at": state.received_at.isoformat(),
-        "dispatched_at": state.dispatched_at.isoformat(),
-        "prices": {
-            "per_request": str(route.prices.per_request),
-            "per_1k_tokens": str(route.prices.per_1k_tokens),
-            "per_gpu_second": str(route.prices.per_gpu_second),
-        },
-        "reservation": reservation,
-    }
+    deadline = time.time() + route.timeout_seconds
+    return envelope_build(
+        state, route, deadline=deadline, body=body, operation=operation, stream=stream, reservation=reservation
+    )
 
 
 def _dispatch_and_wait(state: _Request, route: Route, envelope: dict) -> dict:
-    from apps.inference.tasks import predict_on_worker
-
-    schema = connection.schema_name
-    predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
-    wait = max(1, int(envelope["deadline"] - time.time() + settings.INFERENCE_WORKER_GRACE_SECONDS + 0.999))
-    answer = get_redis_for_waiting().blpop([reply_key(schema, state.request_id)], timeout=wait)
-    if answer is not None:
-        return json.loads(answer[1])
-    return _no_reply(state, schema)
+    envelope_send(envelope, route)
+    return reply_wait(state, envelope["deadline"])
 
 
 def openai_idempotent(

@@ -357,29 +357,36 @@ def _sha256_bytes(raw: bytes) -> str:
 
 def _dispatch_and_wait(checked: _Checked) -> dict:
     """Queue the request on the model's GPU pool and wait for the worker's reply until its deadline (plus grace)."""
-    schema = connection.schema_name
     checked.state.dispatched_at = timezone.now()
     deadline = time.time() + checked.route.timeout_seconds
     _send(checked, deadline, reply_seconds=None)
-    wait = max(1, int(deadline - time.time() + settings.INFERENCE_WORKER_GRACE_SECONDS + 0.999))
-    answer = get_redis_for_waiting().blpop([reply_key(schema, checked.state.request_id)], timeout=wait)
-    if answer is not None:
-        return json.loads(answer[1])
-    return _no_reply(checked.state, schema)
+    return reply_wait(checked.state, deadline)
 
 
 def _send(checked: _Checked, deadline: float, *, reply_seconds: int | None) -> None:
     """One JSON message on the server's GPU-pool queue with everything the worker and the record need."""
-    from apps.inference.tasks import predict_on_worker
+    envelope = envelope_build(
+        checked.state, checked.route, deadline=deadline, body=checked.parsed.to_mlflow_body(), canary=checked.canary
+    )
+    if reply_seconds:
+        envelope["reply_seconds"] = reply_seconds
+    envelope_send(envelope, checked.route)
 
-    state, route = checked.state, checked.route
-    envelope = {
+
+def envelope_build(
+    state: _Request, route: Route, *, deadline: float, body: dict, canary: bool = False, **extra
+) -> dict:
+    """The message a worker gets: the request's body and every fact its record needs, as JSON.
+
+    Shared by predict and the OpenAI endpoints, which add `operation`, `stream` and the budget `reservation`.
+    """
+    return {
         "request_id": state.request_id,
         "model_name": route.model_name,
         "mlflow_name": route.mlflow_name,
         "version": state.version,
         "alias": state.alias or "",
-        "canary": checked.canary,
+        "canary": canary,
         "run_id": state.run_id,
         "deployment_id": route.deployment_id,
         "server_id": route.server_id,
@@ -387,7 +394,7 @@ def _send(checked: _Checked, deadline: float, *, reply_seconds: int | None) -> N
         "replica_urls": list(route.replica_urls),
         "auth_header": route.auth_header,
         "deadline": deadline,
-        "body": checked.parsed.to_mlflow_body(),
+        "body": body,
         "input_sha256": state.input_sha256,
         "key_id": state.caller.key_id,
         "key_prefix": state.caller.key_prefix,
@@ -400,10 +407,25 @@ def _send(checked: _Checked, deadline: float, *, reply_seconds: int | None) -> N
             "per_1k_tokens": str(route.prices.per_1k_tokens),
             "per_gpu_second": str(route.prices.per_gpu_second),
         },
+        **extra,
     }
-    if reply_seconds:
-        envelope["reply_seconds"] = reply_seconds
-    predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=deadline)
+
+
+def envelope_send(envelope: dict, route: Route) -> None:
+    """Queue the message on the server's GPU pool; it expires, unrun, at the request's deadline."""
+    from apps.inference.tasks import predict_on_worker
+
+    predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
+
+
+def reply_wait(state: _Request, deadline: float) -> dict:
+    """The worker's reply, or (past the deadline and the grace) the record of why there is none."""
+    schema = connection.schema_name
+    wait = max(1, int(deadline - time.time() + settings.INFERENCE_WORKER_GRACE_SECONDS + 0.999))
+    answer = get_redis_for_waiting().blpop([reply_key(schema, state.request_id)], timeout=wait)
+    if answer is not None:
+        return json.loads(answer[1])
+    return _no_reply(state, schema)
 
 
 def _no_reply(state: _Request, schema: str) -> dict:
