@@ -157,6 +157,27 @@ class ChainHead(models.Model):
         return f"chain head at {self.sequence}"
 
 
+class ChainCheckpoint(models.Model):
+    """A point up to which this tenant's chain was verified: the sequence and hash a successful walk ended on.
+
+    Re-hashing a million records on every report would take a minute, so a report verifies only what was
+    appended since the latest checkpoint (after checking that the checkpoint's own record is unchanged) and
+    says which checkpoint it trusted. A full walk (`chain_verify()`, `manage.py verify_audit_chain`) still
+    re-checks everything from the first record and seals a fresh checkpoint; `walked_from` is 0 for those.
+    """
+
+    sequence = models.PositiveBigIntegerField()
+    record_hash = models.CharField(max_length=64)
+    walked_from = models.PositiveBigIntegerField(help_text="0 for a full walk, else the checkpoint it started from.")
+    sealed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-sequence", "-pk"]
+
+    def __str__(self) -> str:
+        return f"chain verified up to {self.sequence}"
+
+
 @auditlog.register(
     include_fields=["period_start", "period_end", "model_name", "key_prefix", "requested_by", "content_sha256"]
 )
