@@ -354,6 +354,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.tenants.tasks.clear_expired_sessions_everywhere",
         "schedule": 3600.0,
     },
+    "verify-inference-chains": {
+        "task": "apps.compliance.tasks.verify_chains_everywhere",
+        "schedule": 24 * 3600.0,
+    },
     "flush-access-events": {
         "task": "apps.compliance.tasks.flush_access_events_everywhere",
         "schedule": 10.0,

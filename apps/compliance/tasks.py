@@ -23,3 +23,31 @@ def flush_access_events_everywhere() -> int:
 def generate_compliance_report(*, report_id: int) -> str:
     """Runs in the requesting tenant's schema; a report already finished is left alone (at-least-once delivery)."""
     return report_generate(report_id=report_id).status
+
+
+@shared_task
+def verify_chain() -> bool:
+    """A full walk of the tenant's chain: catches a change anywhere, before the latest checkpoint too.
+
+    Reports verify only what was appended since the last checkpoint, so this scheduled full walk is what keeps
+    an old record's tampering from going unnoticed; a broken chain is logged as an error for the operators.
+    """
+    import logging
+
+    from apps.compliance.records import chain_verify
+
+    report = chain_verify()
+    if not report.ok:
+        logging.getLogger(__name__).error(
+            "inference record chain of %s broken at record %s: %s",
+            connection.schema_name,
+            report.first_broken_sequence,
+            report.problem,
+        )
+    return report.ok
+
+
+@shared_task(runs_in_public_schema=True)
+def verify_chains_everywhere() -> int:
+    """Beat entry point (daily): one full chain walk per tenant."""
+    return send_to_tenants(verify_chain, tenant_schema_names())

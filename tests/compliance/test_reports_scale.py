@@ -117,3 +117,21 @@ def test_a_report_over_an_empty_period_has_zero_totals(in_tenant_a):
     assert content["totals"] == {"requests": 0, "ok": 0, "refused": 0}
     assert content["data"]["input_hashes"] == []
     assert content["usage"]["by_user"] == []
+
+
+def test_the_daily_full_walk_catches_an_edit_before_the_checkpoint(cast, caplog):
+    from django_tenants.utils import tenant_context
+
+    from apps.compliance.tasks import verify_chain
+
+    with tenant_context(cast.tenant_a):
+        for _ in range(3):
+            record_append(**record_fields())
+        assert chain_verify().ok  # seals a checkpoint at the head
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = replica")
+            cursor.execute("UPDATE compliance_inferencerecord SET latency_ms = 999 WHERE sequence = 1")
+            cursor.execute("RESET session_replication_role")
+        assert chain_verify(since_checkpoint=True).ok  # the quick walk starts after the edit
+        assert verify_chain.run() is False
+    assert "broken at record 1" in caplog.text
