@@ -9,7 +9,6 @@ with what it used), dispatch on the server's GPU-pool queue, and one compliance 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,14 +28,15 @@ from apps.inference.services import (
     IDEMPOTENCY_HOLD_SECONDS,
     REPLAY_CODE,
     Caller,
-    PredictionRefused,
     Status,
     _no_reply,
     _record_safely,
     _refuse,
     _Request,
+    _sha256_bytes,
     envelope_build,
     envelope_send,
+    reply_refusal,
     reply_wait,
 )
 from apps.inference.streaming import sse_events
@@ -79,7 +79,7 @@ def openai_call(
         model_name=NO_MODEL,
         received_at=timezone.now(),
         started=time.perf_counter(),
-        input_sha256=hashlib.sha256(raw_body).hexdigest(),
+        input_sha256=_sha256_bytes(raw_body),
     )
     body = _body_checked(state, operation, raw_body, content_type)
     model_name = body["model"]
@@ -118,14 +118,7 @@ def openai_call(
         return OpenAIAnswer(request_id=request_id, model=model_name, model_version=str(state.version), events=events)
     reply = _dispatch_and_wait(state, route, envelope)
     if reply["status"] != Status.OK:
-        raise PredictionRefused(
-            reply["message"],
-            code=reply["code"],
-            status_code=reply["http_status"],
-            status=reply["status"],
-            model_version=state.version,
-            headers={"Retry-After": str(reply["retry_after"])} if reply.get("retry_after") else None,
-        )
+        raise reply_refusal(reply, version=state.version)
     return OpenAIAnswer(request_id=request_id, model=model_name, model_version=str(state.version), body=reply["output"])
 
 
@@ -261,7 +254,7 @@ def openai_idempotent(
         model_name=NO_MODEL,
         received_at=timezone.now(),
         started=time.perf_counter(),
-        input_sha256=hashlib.sha256(raw_body).hexdigest(),
+        input_sha256=_sha256_bytes(raw_body),
     )
     try:
         body = json.loads(raw_body)

@@ -151,6 +151,18 @@ class _Request:
         }
 
 
+def reply_refusal(reply: dict, *, version: int | None) -> PredictionRefused:
+    """The API error for a worker's (or the web's own) reply that carries no answer; already recorded."""
+    return PredictionRefused(
+        reply["message"],
+        code=reply["code"],
+        status_code=reply["http_status"],
+        status=reply["status"],
+        model_version=version,
+        headers={"Retry-After": str(reply["retry_after"])} if reply.get("retry_after") else None,
+    )
+
+
 def new_request_id() -> str:
     """Inference request ids are always the portal's own: the record needs them unique, whatever clients send."""
     return uuid.uuid4().hex
@@ -186,14 +198,7 @@ def predict(
     state = checked.state
     reply = _dispatch_and_wait(checked)
     if reply["status"] != Status.OK:
-        raise PredictionRefused(
-            reply["message"],
-            code=reply["code"],
-            status_code=reply["http_status"],
-            status=reply["status"],
-            model_version=state.version,
-            headers={"Retry-After": str(reply["retry_after"])} if reply.get("retry_after") else None,
-        )
+        raise reply_refusal(reply, version=state.version)
     return Prediction(
         output=reply["output"],
         model=model_name,

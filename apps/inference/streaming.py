@@ -24,9 +24,8 @@ from django.db import IntegrityError
 
 from apps.compliance.models import InferenceRecord
 from apps.compliance.records import record_append
-from apps.inference.adapters import UpstreamError, UpstreamRejected, UpstreamUnavailable, adapter_for
+from apps.inference.adapters import UpstreamError, adapter_for
 from apps.inference.adapters.openai import usage_tokens
-from apps.inference.balancer import replica_release
 from config.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -107,8 +106,8 @@ def stream_run(schema: str, envelope: dict) -> str:
         cost_of,
         error_outcome,
         record_fields_base,
-        replica_request,
         usage_fields,
+        with_replicas,
     )
 
     request_id = envelope["request_id"]
@@ -121,41 +120,25 @@ def stream_run(schema: str, envelope: dict) -> str:
         model_name=envelope["model_name"],
     )
     adapter = adapter_for(envelope["protocol"])
-    remaining = list(envelope["replica_urls"])
-    replica, error, retry_after, cancelled = "", None, 0, False
     started = time.perf_counter()
-    while True:
-        pick, request = replica_request(schema, envelope, remaining)
-        if request is None:
-            error, retry_after = pick
-            break
-        replica = request.base_url
-        healthy = True
+
+    def relay_from(request) -> bool:
+        """Relay one replica's stream; True when the client went away and the stream was cut short."""
+        chunks = adapter.stream(request)
         try:
-            chunks = adapter.stream(request)
-            try:
-                for chunk in chunks:
-                    if not relay.chunk(chunk):
-                        cancelled = True
-                        break
-                    if time.perf_counter() - started > MAX_STREAM_SECONDS:
-                        raise UpstreamError("upstream_timeout", "The stream ran past its longest allowed time.", 504)
-            finally:
-                chunks.close()  # closes the connection: the server stops generating
-        except UpstreamError as exc:
-            healthy = isinstance(exc, UpstreamRejected)
-            replica_release(
-                schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=healthy
-            )
-            if isinstance(exc, UpstreamUnavailable) and not exc.sent and relay.sent == 0:
-                remaining.remove(replica)
-                continue
-            error = exc
-            break
-        replica_release(
-            schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=True
-        )
-        break
+            for chunk in chunks:
+                if not relay.chunk(chunk):
+                    return True
+                if time.perf_counter() - started > MAX_STREAM_SECONDS:
+                    raise UpstreamError("upstream_timeout", "The stream ran past its longest allowed time.", 504)
+        finally:
+            chunks.close()  # closes the connection: the server stops generating
+        return False
+
+    # A stream is moved to another replica only while none of it has reached the client.
+    replica, cancelled, error, retry_after = with_replicas(
+        schema, envelope, relay_from, may_retry=lambda: relay.sent == 0
+    )
 
     upstream_ms = (time.perf_counter() - started) * 1000
     fields = record_fields_base(envelope, replica)

@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
+from typing import TypeVar
 
 from django.db import IntegrityError, connection
 from django.utils import timezone
@@ -31,6 +33,7 @@ from apps.serving.selectors import server_auth_headers_by_id
 from config.redis import get_redis
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Status = InferenceRecord.Status
 REPLY_SECONDS = 60
@@ -84,33 +87,43 @@ def predict_run(envelope: dict) -> str:
 
 def _call_model(schema: str, envelope: dict) -> tuple[dict, dict]:
     """Try replicas until one answers or a failure that must not be retried; returns (reply, record fields)."""
-    request_id = envelope["request_id"]
     adapter = adapter_for(envelope["protocol"])
+    replica, answer, error, retry_after = with_replicas(schema, envelope, adapter.predict)
+    return _outcome(envelope, replica, answer, error, retry_after)
+
+
+def with_replicas(
+    schema: str, envelope: dict, attempt: Callable[[UpstreamRequest], T], *, may_retry: Callable[[], bool] | None = None
+) -> tuple[str, T | None, UpstreamError | None, int]:
+    """Run `attempt` on a reserved replica and release it with the outcome: (replica, result, error, retry after).
+
+    Only a connection refused before anything was sent moves on to another replica (and only while `may_retry()`
+    says so); any other failure is final, since the model may have run.
+    """
     remaining = list(envelope["replica_urls"])
-    replica, answer, error, retry_after = "", None, None, 0
+    replica = ""
     while True:
         pick, request = replica_request(schema, envelope, remaining)
         if request is None:
             error, retry_after = pick
-            break
+            return replica, None, error, retry_after
         replica = request.base_url
         try:
-            answer = adapter.predict(request)
+            result = attempt(request)
         except UpstreamError as exc:
-            healthy = isinstance(exc, UpstreamRejected)
-            replica_release(
-                schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=healthy
-            )
-            if isinstance(exc, UpstreamUnavailable) and not exc.sent:
+            _release(schema, envelope, replica, healthy=isinstance(exc, UpstreamRejected))
+            if isinstance(exc, UpstreamUnavailable) and not exc.sent and (may_retry is None or may_retry()):
                 remaining.remove(replica)
                 continue
-            error = exc
-            break
-        replica_release(
-            schema=schema, server_id=envelope["server_id"], url=replica, request_id=request_id, healthy=True
-        )
-        break
-    return _outcome(envelope, replica, answer, error, retry_after)
+            return replica, None, exc, 0
+        _release(schema, envelope, replica, healthy=True)
+        return replica, result, None, 0
+
+
+def _release(schema: str, envelope: dict, replica: str, *, healthy: bool) -> None:
+    replica_release(
+        schema=schema, server_id=envelope["server_id"], url=replica, request_id=envelope["request_id"], healthy=healthy
+    )
 
 
 def replica_request(
