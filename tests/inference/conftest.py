@@ -149,12 +149,13 @@ class Stack:
             return InferenceRecord.objects.get(request_id=request_id)
 
 
-def _worker(pool: str):
+def pool_worker(pool: str, *, concurrency: int = 2, pool_type: str = "prefork") -> subprocess.Popen:
+    """A real Celery worker on queue `pool.<pool>`, against the test database."""
     env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_DEFAULT_QUEUE": f"{pool}-default"}
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"pool.{pool}", "--concurrency", "2",
-         "--pool", "prefork", "-l", "WARNING", "--without-heartbeat", "--without-mingle", "--without-gossip",
-         "-n", f"{pool}@%h"],
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"pool.{pool}", "--concurrency",
+         str(concurrency), "--pool", pool_type, "-l", "WARNING", "--without-heartbeat", "--without-mingle",
+         "--without-gossip", "-n", f"{pool}@%h"],
         cwd=ROOT,
         env=env,
     )  # fmt: skip
@@ -211,7 +212,7 @@ def stack(
             serving.deployment_create(actor=owner, model=sleepy, server=slow, alias="champion")
             _, secret = apikey_create(actor=owner, name="live", scopes=["inference", "models:read", "models:write"])
         connection.set_schema_to_public()
-        worker = _worker(pool)
+        worker = pool_worker(pool)
         stack = Stack(
             base=base,
             host=f"{slug}.localhost",

@@ -7,7 +7,6 @@ embeddings, a test chat model) as the upstream; committed data in a tenant of th
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -30,7 +29,8 @@ from apps.inference.hashing import sha256_hex
 from apps.registry import services as registry
 from apps.serving import services as serving
 from apps.tenants.services import tenant_signup
-from tests.helpers import PASSWORD, database_url_for_tests, free_port, start_portal_server
+from tests.helpers import PASSWORD, free_port, start_portal_server
+from tests.inference.conftest import pool_worker
 from tests.registry.test_registry_api import zipped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,13 +123,7 @@ def live(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, opena
                 )  # fmt: skip
             _, secret = apikey_create(actor=owner, name="sdk", scopes=["inference"])
         connection.set_schema_to_public()
-        env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_DEFAULT_QUEUE": f"{pool}-default"}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"pool.{pool}", "--concurrency", "16",
-             "--pool", "threads", "-l", "WARNING", "--without-heartbeat", "--without-mingle", "--without-gossip",
-             "-n", f"{pool}@%h"],
-            cwd=ROOT, env=env,
-        )  # fmt: skip
+        worker = pool_worker(pool, concurrency=16, pool_type="threads")
         port = base.rsplit(":", 1)[1]
         state = Live(
             base=f"http://127.0.0.1:{port}",
@@ -152,13 +146,6 @@ def live(django_db_setup, django_db_blocker, mlflow_store, iris_model_dir, opena
             worker.terminate()
             worker.wait(30)
             connection.set_schema_to_public()
-
-
-@pytest.fixture
-def as_db(django_db_blocker):
-    with django_db_blocker.unblock():
-        yield
-    connection.set_schema_to_public()
 
 
 def test_models_lists_the_tenants_openai_deployments(live, as_db):
