@@ -286,6 +286,23 @@ MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "ml
 MODEL_UPLOAD_MAX_BYTES = env.int("MODEL_UPLOAD_MAX_BYTES", default=200 * 1024 * 1024)
 SERVING_SECRET_KEY = env.str("SERVING_SECRET_KEY", default="")
 
+# --- Compliance -----------------------------------------------------------------------------------
+
+
+def _payload_encryption_keys() -> list[str]:
+    """Checked at start-up: a short key would seal every kept payload under something guessable."""
+    keys = env.list("PAYLOAD_ENCRYPTION_KEYS", default=[])
+    if any(len(key) < 32 for key in keys):
+        raise ImproperlyConfigured("PAYLOAD_ENCRYPTION_KEYS: each key needs at least 32 random characters.")
+    return keys
+
+
+# Keys that seal the payloads tenants choose to keep (the first encrypts, every one decrypts). Empty: no
+# tenant can turn payload retention on.
+PAYLOAD_ENCRYPTION_KEYS = _payload_encryption_keys()
+# Rows deleted per transaction by the retention purge, so a purge never holds long locks.
+RETENTION_PURGE_BATCH = env.int("RETENTION_PURGE_BATCH", default=5000)
+
 # --- Inference ------------------------------------------------------------------------------------
 
 # Consecutive failures (connection errors, timeouts, 5xx) that open a replica's circuit, and for how long.
@@ -352,6 +369,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(env.path("CELERY_BEAT_SCHEDULE", default=BAS
 CELERY_BEAT_SCHEDULE = {
     "clear-expired-sessions": {
         "task": "apps.tenants.tasks.clear_expired_sessions_everywhere",
+        "schedule": 3600.0,
+    },
+    "purge-past-retention": {
+        "task": "apps.compliance.tasks.purge_past_retention_everywhere",
         "schedule": 3600.0,
     },
     "verify-inference-chains": {

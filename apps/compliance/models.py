@@ -29,6 +29,7 @@ class AccessEvent(models.Model):
         TOTP_ENROLLED = "totp_enrolled", "Enrolled a second factor"
         TOTP_FAILED = "totp_failed", "Second factor refused"
         RECOVERY_CODE_USED = "recovery_code_used", "Used a recovery code"
+        PAYLOAD_VIEWED = "payload_viewed", "Read a kept payload"
         BUFFER_OVERFLOW = "buffer_overflow", "Events dropped while the buffer was full"
 
     occurred_at = models.DateTimeField(db_index=True)
@@ -176,6 +177,65 @@ class ChainCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"chain verified up to {self.sequence}"
+
+
+@auditlog.register()
+class RetentionPurge(models.Model):
+    """One purge of what the tenant's retention policy no longer keeps, and the seal that keeps the chain checkable.
+
+    Records leave only from the start of the chain, records 1 to `through_sequence`: the walk then starts from
+    `through_hash` (the last purged record's hash, which the first kept record names as its predecessor), so the
+    records that remain verify exactly as before. A purge first walks what it is about to delete and refuses if
+    that is broken, so a seal always vouches for records that were intact when they went. Seals are chained to
+    each other (`seal_hash` covers the row and the previous seal) and append-only like the records, and the
+    database lets a record be deleted only when a seal covers it. Each row is in the audit log.
+    """
+
+    ran_at = models.DateTimeField()
+    record_retention_days = models.PositiveIntegerField()
+    cutoff = models.DateTimeField(help_text="Records and access events received before this were purged.")
+    first_sequence = models.PositiveBigIntegerField(help_text="The first record this purge removed (0: none).")
+    through_sequence = models.PositiveBigIntegerField(help_text="Every record up to this one is gone (0: none).")
+    through_hash = models.CharField(max_length=64)
+    records_purged = models.PositiveBigIntegerField()
+    purged_digest = models.CharField(
+        max_length=64, help_text="SHA-256 of the purged records' hashes, in order: a kept export can be matched."
+    )
+    oldest_received_at = models.DateTimeField(null=True, blank=True)
+    newest_received_at = models.DateTimeField(null=True, blank=True)
+    access_events_purged = models.PositiveBigIntegerField()
+    payload_cutoff = models.DateTimeField(null=True, blank=True)
+    payloads_purged = models.PositiveBigIntegerField()
+    records_withheld = models.CharField(
+        max_length=300, blank=True, help_text="Why records past their retention were kept (a broken chain)."
+    )
+    prev_seal_hash = models.CharField(max_length=64)
+    seal_hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"purge of {self.ran_at:%Y-%m-%d %H:%M}: records through {self.through_sequence}"
+
+
+class RetainedPayload(models.Model):
+    """A request's input and output, kept encrypted when the tenant asks for it (off by default).
+
+    Fernet with keys from `PAYLOAD_ENCRYPTION_KEYS`, never in the database; the record keeps the hashes, so a
+    decrypted payload can be proven to be the one that was processed. Purged on a shorter schedule of its own.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    stored_at = models.DateTimeField(db_index=True)
+    key_id = models.CharField(max_length=16, help_text="Which encryption key sealed it (a fingerprint).")
+    ciphertext = models.BinaryField()
+
+    class Meta:
+        ordering = ["-stored_at"]
+
+    def __str__(self) -> str:
+        return f"payload of {self.request_id}"
 
 
 @auditlog.register(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -22,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
 from django_tenants.utils import get_public_schema_name, schema_context
 
-from apps.compliance.models import ChainCheckpoint, ChainHead, InferenceRecord
+from apps.compliance.models import ChainCheckpoint, ChainHead, InferenceRecord, RetentionPurge
 from apps.inference.hashing import sha256_hex
 
 GENESIS_HASH = "0" * 64
@@ -47,11 +47,14 @@ class ChainReport:
     checked: int
     first_broken_sequence: int | None = None
     problem: str = ""
-    # 0 for a walk from the first record, else the checkpoint it started after (and when that was sealed).
+    # Where the walk started: 0 from the first record, the last purged record's sequence from the chain's start
+    # after a retention purge, else the checkpoint it started after (and when that checkpoint was sealed).
     from_sequence: int = 0
     checkpoint_at: dt.datetime | None = None
     last_sequence: int = 0
     last_hash: str = GENESIS_HASH
+    # Records 1 to this one were purged under the retention policy; the walk starts from the seal after them.
+    purged_through: int = 0
 
 
 def _json_ready(name: str, value: object) -> object:
@@ -177,6 +180,7 @@ def _hasher() -> Callable[[tuple], str]:
 
 
 _COLUMNS: tuple[str, ...] = (*RECORD_FIELDS, "prev_hash", "record_hash")
+ROW_COLUMNS = _COLUMNS
 _SEQUENCE_AT = _COLUMNS.index("sequence")
 
 
@@ -197,13 +201,65 @@ def _row_check(row: tuple, expected: int, prev_hash: str, digest: Callable[[tupl
     return ChainReport(ok=False, checked=0, first_broken_sequence=sequence, problem=problem)
 
 
+def segment_walk(
+    rows: Iterable[tuple], *, expected: int, prev_hash: str, each: Callable[[tuple], None] | None = None
+) -> tuple[ChainReport | None, int, str, int]:
+    """Check that `rows` (in `_COLUMNS` order, by sequence) continue the chain from `expected` and `prev_hash`.
+
+    Returns (the first broken link or None, the sequence expected next, the last hash, records checked);
+    `each(row)` sees every intact row, which is how a purge digests what it removes in the same pass.
+    """
+    digest, checked = _hasher(), 0
+    for row in rows:
+        if row[_SEQUENCE_AT] != expected or row[-2] != prev_hash or digest(row) != row[-1]:
+            return replace(_row_check(row, expected, prev_hash, digest), checked=checked), expected, prev_hash, checked
+        if each is not None:
+            each(row)
+        checked += 1
+        expected, prev_hash = expected + 1, row[-1]
+    return None, expected, prev_hash, checked
+
+
+def record_rows() -> models.QuerySet:
+    """Every record as a tuple in `_COLUMNS` order, by sequence: what `segment_walk` reads."""
+    return InferenceRecord.objects.order_by("sequence").values_list(*_COLUMNS)
+
+
+def seals_check() -> tuple[RetentionPurge | None, str]:
+    """The latest retention seal, once every seal still hashes to itself and names the one before it."""
+    prev, latest = GENESIS_HASH, None
+    for seal in RetentionPurge.objects.order_by("pk"):
+        if seal.prev_seal_hash != prev or seal_hash(seal) != seal.seal_hash:
+            return None, f"retention seal of {seal.ran_at:%Y-%m-%d %H:%M} changed after it was written"
+        if latest is not None and seal.through_sequence < latest.through_sequence:
+            return None, f"retention seal of {seal.ran_at:%Y-%m-%d %H:%M} goes back on an earlier purge"
+        prev, latest = seal.seal_hash, seal
+    return latest, ""
+
+
+def seal_hash(seal: RetentionPurge) -> str:
+    """A seal's hash: every column but the id and the hash itself, chained to the previous seal."""
+    fields = {
+        field.name: _json_ready(field.name, getattr(seal, field.name))
+        for field in RetentionPurge._meta.concrete_fields
+        if field.name not in {"id", "seal_hash"}
+    }
+    return sha256_hex({"prev": seal.prev_seal_hash, "seal": fields})
+
+
 def _walk(checkpoint: ChainCheckpoint | None = None) -> ChainReport:
-    """Walk the chain from the first record, or from just after `checkpoint` once its own record still matches."""
+    """Walk the chain from its start (the first record, or the first one a purge left), or from just after
+    `checkpoint` once its own record still matches."""
     digest = _hasher()
-    rows = InferenceRecord.objects.order_by("sequence").values_list(*_COLUMNS)
-    from_sequence, checkpoint_at = 0, None
-    expected, prev_hash, checked = 1, GENESIS_HASH, 0
-    if checkpoint is not None:
+    rows = record_rows()
+    seal, problem = seals_check()
+    if problem:
+        return ChainReport(ok=False, checked=0, first_broken_sequence=None, problem=problem)
+    purged_through = seal.through_sequence if seal else 0
+    expected, prev_hash = purged_through + 1, seal.through_hash if purged_through else GENESIS_HASH
+    from_sequence, checkpoint_at = purged_through, None
+    rows = rows.filter(sequence__gt=purged_through)
+    if checkpoint is not None and checkpoint.sequence > purged_through:
         from_sequence, checkpoint_at = checkpoint.sequence, checkpoint.sealed_at
         row = rows.filter(sequence=checkpoint.sequence).first()
         problem = ""
@@ -219,15 +275,16 @@ def _walk(checkpoint: ChainCheckpoint | None = None) -> ChainReport:
                 problem=problem,
                 from_sequence=from_sequence,
                 checkpoint_at=checkpoint_at,
+                purged_through=purged_through,
             )
         rows = rows.filter(sequence__gt=checkpoint.sequence)
         expected, prev_hash = checkpoint.sequence + 1, checkpoint.record_hash
-    since = {"from_sequence": from_sequence, "checkpoint_at": checkpoint_at}
-    for row in rows.iterator(chunk_size=5000):
-        if row[_SEQUENCE_AT] != expected or row[-2] != prev_hash or digest(row) != row[-1]:
-            return replace(_row_check(row, expected, prev_hash, digest), checked=checked, **since)
-        checked += 1
-        expected, prev_hash = expected + 1, row[-1]
+    since = {"from_sequence": from_sequence, "checkpoint_at": checkpoint_at, "purged_through": purged_through}
+    broken, expected, prev_hash, checked = segment_walk(
+        rows.iterator(chunk_size=5000), expected=expected, prev_hash=prev_hash
+    )
+    if broken is not None:
+        return replace(broken, **since)
 
     last = expected - 1
     head = ChainHead.objects.filter(id=ChainHead.SINGLETON_ID).first()
@@ -251,10 +308,12 @@ def chain_verify(*, schema_name: str | None = None, since_checkpoint: bool = Fal
     record's hash (else records were reordered or inserted), that each hash recomputes from the row (else it
     was edited), and that the chain head matches the last record (else the tail was deleted).
 
-    By default the walk starts at the first record. With `since_checkpoint` it starts after the latest
-    `ChainCheckpoint` (a full walk when there is none), which costs only the records appended since, but cannot
-    see a change to records before that checkpoint other than its own: run a full walk for that. Every walk
-    that ends intact and reaches a record no checkpoint names yet (or any full walk) seals a new checkpoint.
+    By default the walk starts at the chain's start: the first record, or after a retention purge the first
+    record kept, linked to the purge's seal (and every seal is checked). With `since_checkpoint` it starts
+    after the latest `ChainCheckpoint` (a full walk when there is none), which costs only the records appended
+    since, but cannot see a change to records before that checkpoint other than its own: run a full walk for
+    that. Every walk that ends intact and reaches a record no checkpoint names yet (or any full walk) seals a
+    new checkpoint.
     """
     context = schema_context(schema_name) if schema_name else nullcontext()
     with context:

@@ -51,3 +51,18 @@ def verify_chain() -> bool:
 def verify_chains_everywhere() -> int:
     """Beat entry point (daily): one full chain walk per tenant."""
     return send_to_tenants(verify_chain, tenant_schema_names())
+
+
+@shared_task
+def purge_past_retention() -> int:
+    """Purge what the tenant's retention policy no longer keeps; returns the records purged."""
+    from apps.compliance.retention import retention_purge
+
+    seal = retention_purge()
+    return seal.records_purged if seal else 0
+
+
+@shared_task(runs_in_public_schema=True)
+def purge_past_retention_everywhere() -> int:
+    """Beat entry point (hourly): one purge per tenant, each in its own schema and at its own policy."""
+    return send_to_tenants(purge_past_retention, tenant_schema_names())

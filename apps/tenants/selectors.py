@@ -6,7 +6,17 @@ from django_tenants.utils import get_public_schema_name, schema_context
 from apps.tenants.models import Domain, Tenant
 from config.redis import cached_object_get, cached_object_set, cached_objects_forget
 
-_TENANT_FIELDS = ("id", "schema_name", "name", "plan", "status", "created")
+_TENANT_FIELDS = (
+    "id",
+    "schema_name",
+    "name",
+    "plan",
+    "status",
+    "created",
+    "record_retention_days",
+    "payload_retention",
+    "payload_retention_days",
+)
 HOST_CACHE_SECONDS = 300
 
 
