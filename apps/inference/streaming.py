@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError
 
 from apps.compliance.models import InferenceRecord
+from apps.compliance.payloads import payload_keep_quietly
 from apps.compliance.records import record_append
 from apps.inference.adapters import UpstreamError, adapter_for
 from apps.inference.adapters.openai import usage_tokens
@@ -163,6 +164,7 @@ def stream_run(schema: str, envelope: dict) -> str:
     try:
         # Before the stream's end: a client that has read `[DONE]` finds its request in the record.
         record_append(**fields)
+        payload_keep_quietly(request_id=request_id, input_body=envelope["body"], output=output)
     except IntegrityError:
         logger.warning("streamed request %s was recorded by the web process first", request_id)
     except Exception:

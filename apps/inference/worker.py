@@ -22,6 +22,7 @@ from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from apps.compliance.models import InferenceRecord
+from apps.compliance.payloads import payload_keep_quietly
 from apps.compliance.records import record_append
 from apps.inference.adapters import UpstreamError, UpstreamRejected, UpstreamRequest, UpstreamUnavailable, adapter_for
 from apps.inference.adapters.openai import openai_output_digest
@@ -65,6 +66,7 @@ def predict_run(envelope: dict) -> str:
     budget_settle_for(envelope, fields)
     try:
         record_append(**fields)
+        payload_keep_quietly(request_id=request_id, input_body=envelope["body"], output=reply.get("output"))
     except IntegrityError:
         logger.warning("request %s was recorded by the web process first (it stopped waiting)", request_id)
     except Exception:

@@ -182,3 +182,36 @@ def test_a_request_past_its_deadline_is_dropped_without_calling_the_model(in_ten
 
     assert stub["calls"] == 0
     assert not InferenceRecord.objects.filter(request_id=envelope["request_id"]).exists()  # the web records it
+
+
+def test_a_tenant_that_keeps_payloads_gets_them_encrypted_and_matching_the_record(in_tenant_a, model_server, settings):
+    from apps.compliance.models import RetainedPayload
+    from apps.compliance.payloads import payload_read
+    from apps.inference.worker import output_hash
+
+    settings.PAYLOAD_ENCRYPTION_KEYS = ["payload-key-for-tests-" + "x" * 20]
+    url, _ = model_server(body={"predictions": [2, 0]})
+    envelope = _envelope([url])
+    connection.tenant.payload_retention = True
+    try:
+        assert predict_run(envelope) == "ok"
+    finally:
+        connection.tenant.payload_retention = False
+
+    record = InferenceRecord.objects.get(request_id=envelope["request_id"])
+    kept = payload_read(request_id=envelope["request_id"])
+    assert kept == {"input": BODY, "output": [2, 0]}
+    assert sha256_hex(kept["input"]) == record.input_sha256
+    assert output_hash("predict", kept["output"]) == record.output_sha256
+    assert b"dataframe_split" not in bytes(RetainedPayload.objects.get().ciphertext)
+
+
+def test_payloads_are_not_kept_by_default(in_tenant_a, model_server, settings):
+    from apps.compliance.models import RetainedPayload
+
+    settings.PAYLOAD_ENCRYPTION_KEYS = ["payload-key-for-tests-" + "x" * 20]
+    url, _ = model_server()
+
+    assert predict_run(_envelope([url])) == "ok"
+
+    assert not RetainedPayload.objects.exists()
