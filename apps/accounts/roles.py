@@ -37,6 +37,7 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "axes.view_accessfailurelog",
         "compliance.view_accessevent",
         "compliance.view_inferencerecord",
+        "compliance.view_retentionpurge",
     ],
     Role.DEVELOPER: [
         "accounts.view_user",
@@ -63,6 +64,9 @@ ROLE_PERMISSIONS: dict[Role, list[str]] = {
         "axes.view_accessfailurelog",
         "compliance.view_accessevent",
         "compliance.view_inferencerecord",
+        "compliance.view_retentionpurge",
+        # Kept payloads are personal data: reading them is the officer's task alone, and each reading is audited.
+        "compliance.view_retainedpayload",
     ],
     Role.VIEWER: [
         "accounts.view_user",

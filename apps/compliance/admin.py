@@ -15,14 +15,19 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
-from django.urls import URLPattern, path
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET
 
 from apps.compliance import selectors
 from apps.compliance.exports import Column, csv_export_response
-from apps.compliance.models import AccessEvent, ComplianceReport, InferenceRecord
+from apps.compliance.models import AccessEvent, ComplianceReport, InferenceRecord, RetainedPayload, RetentionPurge
+from apps.compliance.payloads import PayloadUnreadable, payload_read
+from apps.compliance.services import access_event_from_request
 from apps.tenants.admin_mixins import ReadOnlyAdminMixin, TenantOnlyAdminMixin
 
 # --- filters ------------------------------------------------------------------------------------------------
@@ -250,7 +255,7 @@ class InferenceRecordAdmin(_ComplianceAdmin):
     # Both are matched as prefixes (an exact id is its own prefix) through `varchar_pattern_ops` indexes.
     search_fields = ("request_id", "input_sha256")
     search_help_text = "Request id or SHA-256 of the input (whole or a prefix)."
-    readonly_fields = ("user",)
+    readonly_fields = ("user", "kept_payload")
     export_name = "inference-records"
     export_columns = (
         ("sequence", lambda r: r.sequence),
@@ -302,6 +307,49 @@ class InferenceRecordAdmin(_ComplianceAdmin):
             return "—"
         estimated = " (est.)" if obj.tokens_estimated else ""
         return f"{obj.prompt_tokens or 0}/{obj.completion_tokens or 0}{estimated}"
+
+    @admin.display(description="kept payload")
+    def kept_payload(self, obj: InferenceRecord) -> str:
+        if not RetainedPayload.objects.filter(request_id=obj.request_id).exists():
+            return "not kept (only the hashes are recorded)"
+        url = reverse(f"{self.admin_site.name}:compliance_inferencerecord_payload", args=[obj.pk])
+        return format_html('<a href="{}">Open the encrypted copy</a> (each opening is an access event)', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        payload = path(
+            "<path:object_id>/payload/",
+            self.admin_site.admin_view(self.payload_view),
+            name="compliance_inferencerecord_payload",
+        )
+        return [payload, *super().get_urls()]
+
+    @method_decorator(require_GET)
+    def payload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The decrypted input and output of one request, for whoever may read kept payloads; audited."""
+        if not request.user.has_perm("compliance.view_retainedpayload"):
+            raise PermissionDenied
+        record = self.get_object(request, object_id)
+        if record is None:
+            raise Http404
+        try:
+            kept, problem = payload_read(request_id=record.request_id), ""
+        except PayloadUnreadable as error:
+            kept, problem = None, str(error)
+        if kept is None and not problem:
+            raise Http404
+        access_event_from_request(
+            request, reason=AccessEvent.Reason.PAYLOAD_VIEWED, user_id=request.user.pk, detail=record.request_id
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "record": record,
+            "title": f"Kept payload of {record.request_id}",
+            "problem": problem,
+            "input_json": json.dumps(kept["input"], indent=2, ensure_ascii=False) if kept else "",
+            "output_json": json.dumps(kept["output"], indent=2, ensure_ascii=False) if kept else "",
+        }
+        return TemplateResponse(request, "admin/compliance/payload.html", context)
 
 
 # --- access events ------------------------------------------------------------------------------------------
@@ -391,4 +439,25 @@ class ComplianceReportAdmin(TenantOnlyAdminMixin, ReadOnlyAdminMixin, MissingIsN
     list_filter = ("status",)
     list_select_related = ("requested_by",)
     exclude = ("content",)  # can hold a million input hashes; the portal and the downloads show it
+    show_full_result_count = False
+
+
+# --- retention ----------------------------------------------------------------------------------------------
+
+
+@admin.register(RetentionPurge)
+class RetentionPurgeAdmin(TenantOnlyAdminMixin, ReadOnlyAdminMixin, MissingIsNotFoundAdminMixin, admin.ModelAdmin):
+    """Every purge and its seal: what went, up to which record, and the hash the kept chain goes on from."""
+
+    list_display = (
+        "ran_at",
+        "records_purged",
+        "first_sequence",
+        "through_sequence",
+        "access_events_purged",
+        "payloads_purged",
+        "record_retention_days",
+        "records_withheld",
+    )
+    date_hierarchy = "ran_at"
     show_full_result_count = False

@@ -110,3 +110,19 @@ def report_list() -> QuerySet[ComplianceReport]:
 def report_get(*, report_id: int) -> ComplianceReport:
     """Reports live in the tenant's schema: another tenant's id is simply not found (404), like a made-up one."""
     return get_object_or_404(ComplianceReport.objects.select_related("requested_by"), pk=report_id)
+
+
+def retention_overview() -> dict:
+    """What the retention page shows: the purges so far, the chain's start and what is kept now."""
+    from django.db.models import Min
+
+    from apps.compliance.models import RetainedPayload, RetentionPurge
+
+    purges = list(RetentionPurge.objects.order_by("-pk")[:20])
+    oldest = InferenceRecord.objects.aggregate(oldest=Min("received_at"))["oldest"]
+    return {
+        "purges": purges,
+        "purged_through": purges[0].through_sequence if purges else 0,
+        "oldest_record_at": oldest,
+        "kept_payloads": RetainedPayload.objects.count(),
+    }

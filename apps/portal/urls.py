@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from apps.compliance import report_pages
+from apps.compliance import report_pages, retention_pages
 from apps.portal import inference_pages, keys, models_pages, views
 
 urlpatterns = [
@@ -36,6 +36,7 @@ urlpatterns = [
     path("reports/<int:report_id>.csv", report_pages.report_download, {"fmt": "csv"}, name="report_csv"),
     path("reports/<int:report_id>.json", report_pages.report_download, {"fmt": "json"}, name="report_json"),
     path("reports/<int:report_id>.html", report_pages.report_download, {"fmt": "html"}, name="report_html"),
+    path("retention/", retention_pages.retention, name="retention"),
     path("account/two-factor/", include("apps.accounts.urls")),
     path("invitation/<uidb64>/<token>/", views.InvitationAcceptView.as_view(), name="invitation_accept"),
 ]

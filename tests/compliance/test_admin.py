@@ -19,7 +19,7 @@ from django.utils import timezone
 from django_tenants.utils import schema_context, tenant_context
 
 from apps.accounts.models import User
-from apps.compliance.models import AccessEvent, InferenceRecord
+from apps.compliance.models import AccessEvent, InferenceRecord, RetentionPurge
 from apps.compliance.records import chain_verify, record_append
 from apps.compliance.services import access_events_flush
 from tests.helpers import PASSWORD, host_of, login, record_fields
@@ -102,7 +102,7 @@ def test_officers_may_add_change_or_delete_nothing_anywhere_in_the_admin(cast, i
         assert not model_admin.has_delete_permission(request), model
 
 
-@pytest.mark.parametrize("model", [InferenceRecord, AccessEvent, LogEntry])
+@pytest.mark.parametrize("model", [InferenceRecord, AccessEvent, LogEntry, RetentionPurge])
 def test_compliance_admins_are_read_only_for_superusers_too(superuser_a, model):
     request = RequestFactory().get("/admin/")
     request.user = superuser_a
