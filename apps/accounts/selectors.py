@@ -1,11 +1,9 @@
 """Reads on members and roles."""
 
-from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.shortcuts import get_object_or_404
-from django_otp.plugins.otp_static.models import StaticToken
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
-from django_tenants.utils import get_public_schema_name
 
 from apps.accounts.models import User
 from apps.accounts.roles import Role
@@ -44,12 +42,10 @@ def member_counts() -> dict[str, int]:
 
 
 def second_factor_required(user: User) -> bool:
-    """Whoever may open a tenant's admin (the staff roles) must use a second factor there and in the reports.
+    """Whoever may open an admin must use a second factor there (and, in a tenant, in the reports).
 
-    Platform staff in the public schema are not asked yet: the public host has no enrolment pages.
+    In a tenant that is the staff roles; in the public schema it is platform staff, whose admin holds every tenant.
     """
-    if connection.schema_name == get_public_schema_name():
-        return False
     return bool(user.is_active and user.is_staff)
 
 
@@ -63,3 +59,8 @@ def totp_device_get(*, user: User, confirmed: bool | None = None) -> TOTPDevice 
 
 def recovery_codes_left(*, user: User) -> int:
     return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
+
+
+def second_factor_enrolled(*, user: User) -> bool:
+    """Whether the member holds any second-factor device, confirmed or still being enrolled."""
+    return TOTPDevice.objects.filter(user=user).exists() or StaticDevice.objects.filter(user=user).exists()

@@ -1,17 +1,19 @@
 """Writes on members and roles. Every change names its actor, so the audit log can say who did it."""
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 import django_otp
-from auditlog.context import set_actor
+from auditlog.context import set_actor, set_extra_data
+from auditlog.models import LogEntry
 from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.encoding import force_bytes
@@ -19,12 +21,15 @@ from django.utils.http import urlsafe_base64_encode
 from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
+from django_tenants.utils import get_public_schema_name
 
 from apps.accounts.models import User
 from apps.accounts.roles import ROLE_PERMISSIONS, STAFF_ROLES, Role
 from apps.accounts.selectors import active_owner_count, second_factor_required, totp_device_get, user_role
 from apps.compliance.models import AccessEvent
 from apps.compliance.services import access_event_from_request
+
+platform_logger = logging.getLogger("apps.accounts.platform")
 
 
 class MemberActionRefused(ValidationError):
@@ -159,16 +164,46 @@ def _recovery_codes_replace(user: User) -> list[str]:
     return codes
 
 
+def _sign_in_event(request, *, reason: str, user_id: int, detail: str = "") -> None:
+    """Audit one second-factor event: an access event in a tenant, a log line on the public host.
+
+    Access events live in tenant schemas only (the public schema has no table for them), and a sign-in changes
+    no row, so it does not belong in the audit log of changes either; the device rows themselves are there on
+    both hosts. Platform staff's events are one INFO line of `apps.accounts.platform`, always worded
+    `Platform second factor: <reason> ...`, for the platform's log collection to keep and alert on.
+    """
+    if connection.schema_name != get_public_schema_name():
+        access_event_from_request(request, reason=reason, user_id=user_id, detail=detail)
+        return
+    from apps.api.client_ip import client_ip
+
+    platform_logger.info(
+        "Platform second factor: %s user=%s ip=%s path=%s request_id=%s detail=%r",
+        reason,
+        user_id,
+        client_ip(request),
+        request.path,
+        getattr(request, "request_id", ""),
+        detail,
+    )
+
+
 def _session_verify(request, device: Device, *, how: str) -> None:
     """Mark this session verified (a new session key, as at any privilege change) and audit the admin entry."""
     request.session.cycle_key()
     django_otp.login(request, device)
-    access_event_from_request(request, reason=AccessEvent.Reason.ADMIN_LOGIN, user_id=device.user_id, detail=how)
+    _sign_in_event(request, reason=AccessEvent.Reason.ADMIN_LOGIN, user_id=device.user_id, detail=how)
 
 
 def _refused(request, user: User, result: SecondFactorResult, *, kind: str) -> None:
     detail = f"{kind}, throttled for {result.wait_seconds}s" if result.wait_seconds else kind
-    access_event_from_request(request, reason=AccessEvent.Reason.TOTP_FAILED, user_id=user.pk, detail=detail)
+    _sign_in_event(request, reason=AccessEvent.Reason.TOTP_FAILED, user_id=user.pk, detail=detail)
+
+
+def _session_verified(user: User) -> bool:
+    """Whether this request's session passed the second factor (django-otp's middleware sets `is_verified`)."""
+    is_verified = getattr(user, "is_verified", None)
+    return is_verified is not None and is_verified()
 
 
 def totp_enrolment_start(*, user: User) -> TOTPDevice:
@@ -204,7 +239,7 @@ def totp_enrolment_confirm(*, request, user: User, code: str) -> SecondFactorRes
     if not result.verified:
         _refused(request, user, result, kind="enrolment code")
         return result
-    access_event_from_request(request, reason=AccessEvent.Reason.TOTP_ENROLLED, user_id=user.pk)
+    _sign_in_event(request, reason=AccessEvent.Reason.TOTP_ENROLLED, user_id=user.pk)
     _session_verify(request, device, how="enrolment")
     return result
 
@@ -227,17 +262,60 @@ def second_factor_verify(*, request, user: User, code: str) -> SecondFactorResul
         return result
     if not is_totp:
         left = device.token_set.count()
-        access_event_from_request(
-            request, reason=AccessEvent.Reason.RECOVERY_CODE_USED, user_id=user.pk, detail=f"{left} left"
-        )
+        _sign_in_event(request, reason=AccessEvent.Reason.RECOVERY_CODE_USED, user_id=user.pk, detail=f"{left} left")
     _session_verify(request, device, how=kind)
     return result
 
 
 def recovery_codes_regenerate(*, actor: User) -> list[str]:
     """New recovery codes for a member whose session is verified now (a stolen password alone cannot do it)."""
-    is_verified = getattr(actor, "is_verified", None)
-    if is_verified is None or not is_verified():
+    if not _session_verified(actor):
         raise SecondFactorRefused("Verify your second factor first.", code="not_verified")
     with transaction.atomic(), set_actor(actor):
         return _recovery_codes_replace(actor)
+
+
+def _second_factor_reset(member: User, *, audit: dict) -> int:
+    """Delete the member's authenticator and recovery codes, and say so in the audit log; returns devices removed.
+
+    `audit` is the audit context: `actor` for a member, or `actor_email` naming an operator. Each device (and
+    each recovery code with it) leaves its own delete entry, and one entry on the member says what happened, so
+    the member's own history shows the reset and who did it. The member's verified sessions stop being
+    verified at once: django-otp finds their device no more.
+    """
+    with transaction.atomic(), set_extra_data({**audit, "additional_data": {"action": "second_factor_reset"}}):
+        member = User.objects.select_for_update().get(pk=member.pk)
+        devices = [*TOTPDevice.objects.filter(user=member), *StaticDevice.objects.filter(user=member)]
+        if not devices:
+            raise SecondFactorRefused(f"{member.email} has no second factor to reset.", code="not_enrolled")
+        for device in devices:
+            device.delete()
+        LogEntry.objects.log_create(
+            member, action=LogEntry.Action.UPDATE, changes={"second factor": ["enrolled", "reset"]}
+        )
+    return len(devices)
+
+
+def member_second_factor_reset(*, actor: User, member: User) -> int:
+    """An owner removes another member's authenticator app and recovery codes, for a member who lost both.
+
+    The member enrols a new authenticator at their next entry to the admin or the reports. Only from a session
+    verified now, so a stolen owner password alone cannot strip anyone's second factor; never for oneself: an
+    owner who still has their app renews recovery codes, and one who lost everything asks another owner, or the
+    platform's operator (`manage.py reset_two_factor`).
+    """
+    _require_member_manager(actor)
+    if not _session_verified(actor):
+        raise SecondFactorRefused("Verify your second factor first.", code="not_verified")
+    if member.pk == actor.pk:
+        raise MemberActionRefused("You cannot reset your own second factor here.", code="self_reset")
+    return _second_factor_reset(member, audit={"actor": actor})
+
+
+def second_factor_reset_by_operator(*, member: User, operator: str) -> int:
+    """The platform operator's reset, for a tenant's last owner who lost both the app and the recovery codes.
+
+    Nobody in the tenant can do it then, so it runs from `manage.py reset_two_factor` in the member's schema;
+    `operator` (who ran it, and why) becomes the audit entry's actor, since an operator is no user there.
+    """
+    return _second_factor_reset(member, audit={"actor_email": operator[:254]})

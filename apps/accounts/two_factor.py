@@ -1,4 +1,4 @@
-"""Guards for pages that staff roles may open only with a verified second factor (the admin, the reports).
+"""Guards for pages that staff may open only with a verified second factor (the admin, the reports).
 
 A session is verified when django-otp's middleware finds a confirmed device of the user in it; that happens
 once per sign-in, on the verify page (or at the end of enrolment).
@@ -8,12 +8,35 @@ from collections.abc import Callable
 from functools import wraps
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import resolve_url
 from django.urls import reverse
+from django_tenants.utils import get_public_schema_name
 from rest_framework.permissions import BasePermission
 
 from apps.accounts.selectors import second_factor_required, totp_device_get
+
+
+def login_url_for(request: HttpRequest) -> str:
+    """The sign-in page of this host: the portal's in a tenant, the admin's on the public host (it has no other)."""
+    if connection.schema_name == get_public_schema_name():
+        return reverse("admin:login")
+    return resolve_url(settings.LOGIN_URL)
+
+
+def signed_in(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """`login_required` that sends an anonymous visitor to this host's own sign-in page."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), login_url_for(request))
+        return view(request, *args, **kwargs)
+
+    return guarded
 
 
 def second_factor_missing(request: HttpRequest) -> bool:
@@ -37,13 +60,11 @@ def otp_required_for_staff(view: Callable[..., HttpResponse]) -> Callable[..., H
 
     @wraps(view)
     def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
         if second_factor_missing(request):
             return second_factor_redirect(request, next_url=request.get_full_path())
         return view(request, *args, **kwargs)
 
-    return guarded
+    return signed_in(guarded)
 
 
 class OtpRequiredForStaffMixin:

@@ -1,19 +1,27 @@
-"""The second-factor pages: enrol an authenticator app, verify a session, renew recovery codes."""
+"""The second-factor pages: enrol an authenticator app, verify a session, renew recovery codes; an owner resets a
+member's second factor. The first three serve platform staff on the public host too."""
 
 from base64 import b32encode
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.accounts import services
 from apps.accounts.forms import CodeForm
-from apps.accounts.selectors import recovery_codes_left, second_factor_required, totp_device_get
-from apps.accounts.two_factor import otp_required_for_staff
+from apps.accounts.selectors import (
+    member_get,
+    recovery_codes_left,
+    second_factor_enrolled,
+    second_factor_required,
+    totp_device_get,
+)
+from apps.accounts.two_factor import otp_required_for_staff, signed_in
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -30,7 +38,7 @@ def _refused_status(form: CodeForm, result: services.SecondFactorResult) -> int:
     return 400
 
 
-@login_required
+@signed_in
 def two_factor_enrol(request: HttpRequest) -> HttpResponse:
     if not second_factor_required(request.user):
         return render(request, "403.html", status=403)
@@ -60,7 +68,7 @@ def two_factor_enrol(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/two_factor_enrol.html", context, status=status)
 
 
-@login_required
+@signed_in
 def two_factor_verify(request: HttpRequest) -> HttpResponse:
     next_url = _next_url(request)
     if not second_factor_required(request.user) or request.user.is_verified():
@@ -85,3 +93,26 @@ def recovery_codes_regenerate(request: HttpRequest) -> HttpResponse:
     codes = services.recovery_codes_regenerate(actor=request.user)
     messages.success(request, "New recovery codes are ready; the old ones no longer work.")
     return render(request, "portal/two_factor_recovery_codes.html", {"codes": codes, "next": _next_url(request)})
+
+
+@require_http_methods(["GET", "POST"])
+@otp_required_for_staff
+@permission_required("accounts.manage_members", raise_exception=True)
+def member_second_factor_reset(request: HttpRequest, member_id: int) -> HttpResponse:
+    """GET asks for confirmation (a link must never reset anything); POST removes the member's devices."""
+    member = member_get(member_id=member_id)
+    if request.method == "GET":
+        context = {
+            "member": member,
+            "enrolled": second_factor_enrolled(user=member),
+            "has_app": totp_device_get(user=member, confirmed=True) is not None,
+            "codes_left": recovery_codes_left(user=member),
+        }
+        return render(request, "portal/member_two_factor_reset_confirm.html", context)
+    try:
+        services.member_second_factor_reset(actor=request.user, member=member)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, f"{member.email} enrols a new authenticator app at their next entry to the admin.")
+    return redirect("members")
