@@ -280,16 +280,16 @@ class ComplianceReport(models.Model):
 class ComplianceReportInputHashes(models.Model):
     """The distinct input hashes of a report's period, kept apart from its content.
 
-    A month can list a million hashes (about 67 MB): inside `content` they would be parsed into `jsonb`,
-    compressed and loaded with every report read. Here they are one plain text value, the canonical JSON of the
-    sorted list, stored uncompressed (hex does not compress) so a download can read it in slices; the content
-    keeps their count and the SHA-256 of this text, so the report's own hash still covers the list.
+    A month can list a million hashes (67 MB): inside `content` they would be parsed into `jsonb`, compressed and
+    read back with every report. Here they are one value, the canonical JSON of the sorted list as UTF-8 bytes,
+    stored uncompressed (hex gains nothing from compression) so a download can read it slice by slice. The content
+    keeps their count and the SHA-256 of these bytes, so the report's own hash still covers the list.
     """
 
     report = models.OneToOneField(
         ComplianceReport, on_delete=models.CASCADE, primary_key=True, related_name="input_hashes"
     )
-    hashes = models.TextField(help_text="Canonical JSON of the sorted list of distinct input hashes.")
+    hashes = models.BinaryField(help_text="Canonical JSON of the sorted list of distinct input hashes (UTF-8).")
 
     def __str__(self) -> str:
         return f"input hashes of report {self.report_id}"
