@@ -429,3 +429,97 @@ def records_count(tenant: object, key_prefix: str) -> int:
 
     with tenant_context(tenant):
         return InferenceRecord.objects.filter(key_prefix=key_prefix).count()
+
+
+# --- Memory -----------------------------------------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants now; empty when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def rss_by_process(roots: dict[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
+    """(tree name, pid) -> (what the process is, its resident bytes), for every process of each tree named."""
+    found = {}
+    for name, pid in roots.items():
+        for member in process_tree(pid):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                command = " ".join(member.cmdline()) or member.name()
+                found[name, member.pid] = (_short_command(command), member.memory_info().rss)
+    return found
+
+
+def rss_by_tree(roots: dict[str, int]) -> dict[str, int]:
+    """Tree name -> resident bytes of all its processes together (shared pages count once per process)."""
+    totals: Counter = Counter()
+    for (name, _), (_, rss) in rss_by_process(roots).items():
+        totals[name] += rss
+    return dict(totals)
+
+
+def _short_command(command: str) -> str:
+    """Enough of a command line to tell processes of one tree apart (PostgreSQL names its backends' task)."""
+    words = command.split()
+    if words and Path(words[0]).name.startswith("python"):
+        words = words[1:]
+    elif words:
+        words[0] = Path(words[0]).name
+    text = " ".join(words)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class RssSampler:
+    """The peak resident memory of each named process tree (members summed), sampled on a thread of its own.
+
+    A tree's peak is the largest sum seen at one moment, which is what the machine had to hold for it then.
+    """
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.25) -> None:
+        self.roots = roots
+        self.interval = interval
+        self.peaks: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> dict[str, int]:
+        totals = rss_by_tree(self.roots)
+        for name, total in totals.items():
+            self.peaks[name] = max(self.peaks[name], total)
+        return totals
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def megabytes(value: float) -> str:
+    return f"{value / 2**20:.0f}"
+
+
+def machine_description() -> str:
+    """Cores, CPU model and memory, as a benchmark's reader needs them to weigh its figures."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    cores = len(os.sched_getaffinity(0))
+    return f"{cores} CPUs ({model}), {memory:.0f} GiB RAM, {sys.platform}, Python {sys.version.split()[0]}"
