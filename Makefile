@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict bench-openai bench-reports mlflow-ui
+.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict bench-openai bench-reports bench soak mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -76,6 +76,20 @@ bench-openai: $(STAMP)
 bench-reports: $(STAMP)
 	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- \
 		sh -c '$(PY) manage.py migrate_schemas --noinput -v 0 && $(PY) bench/reports_scale.py $(BENCH_ARGS)'
+
+# The gateway under wrk against a model server that answers at once (docs/benchmarks.md): throughput, p50/p90/p99,
+# what the portal adds, CPU and memory. Its own VAR_DIR by default, as bench-predict:
+#   make bench BENCH_ARGS="--runs 5 --duration 10 --web-workers 2"
+# wrk comes from the distribution's packages when it is missing.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "wrk not found; installing it: apt-get install -y wrk"; \
+		apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; }
+	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/gateway.py $(BENCH_ARGS)
+
+# The same stack at a steady request rate for 10 minutes: memory of every process at start and end, errors, records:
+#   make soak BENCH_ARGS="--minutes 30 --rate 80"
+soak: $(STAMP)
+	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/soak.py $(BENCH_ARGS)
 
 # MLflow's own UI on the portal's store, for operators (http://127.0.0.1:5050/)
 mlflow-ui: $(STAMP)
