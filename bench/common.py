@@ -443,23 +443,43 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def rss_by_process(roots: dict[str, int]) -> dict[tuple[str, int], tuple[str, int]]:
-    """(tree name, pid) -> (what the process is, its resident bytes), for every process of each tree named."""
+@dataclass(frozen=True)
+class Memory:
+    """Resident bytes of a process, or of a tree summed, and the private part of them.
+
+    `rss` counts every page in memory, shared ones included: PostgreSQL's shared buffers show in the RSS of
+    each of its processes that touched them (its checkpointer's grows by what a checkpoint writes), and so do
+    libraries. `private` is RSS less file-backed and shared-memory pages (Linux's RssAnon), what a leak grows.
+    """
+
+    rss: int = 0
+    private: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.rss + other.rss, self.private + other.private)
+
+    def peak(self, other: Memory) -> Memory:
+        return Memory(max(self.rss, other.rss), max(self.private, other.private))
+
+
+def memory_by_process(roots: dict[str, int]) -> dict[tuple[str, int], tuple[str, Memory]]:
+    """(tree name, pid) -> (what the process is, its memory), for every process of each tree named."""
     found = {}
     for name, pid in roots.items():
         for member in process_tree(pid):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 command = " ".join(member.cmdline()) or member.name()
-                found[name, member.pid] = (_short_command(command), member.memory_info().rss)
+                info = member.memory_info()
+                found[name, member.pid] = (_short_command(command), Memory(info.rss, info.rss - info.shared))
     return found
 
 
-def rss_by_tree(roots: dict[str, int]) -> dict[str, int]:
-    """Tree name -> resident bytes of all its processes together (shared pages count once per process)."""
-    totals: Counter = Counter()
-    for (name, _), (_, rss) in rss_by_process(roots).items():
-        totals[name] += rss
-    return dict(totals)
+def memory_by_tree(roots: dict[str, int]) -> dict[str, Memory]:
+    """Tree name -> the memory of all its processes together (a shared page counts once per process)."""
+    totals: dict[str, Memory] = {}
+    for (name, _), (_, memory) in memory_by_process(roots).items():
+        totals[name] = totals.get(name, Memory()) + memory
+    return totals
 
 
 def _short_command(command: str) -> str:
@@ -473,8 +493,8 @@ def _short_command(command: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class RssSampler:
-    """The peak resident memory of each named process tree (members summed), sampled on a thread of its own.
+class MemorySampler:
+    """The peak memory of each named process tree (members summed), sampled on a thread of its own.
 
     A tree's peak is the largest sum seen at one moment, which is what the machine had to hold for it then.
     """
@@ -482,23 +502,23 @@ class RssSampler:
     def __init__(self, roots: dict[str, int], interval: float = 0.25) -> None:
         self.roots = roots
         self.interval = interval
-        self.peaks: Counter = Counter()
+        self.peaks: dict[str, Memory] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sample(self) -> dict[str, int]:
-        totals = rss_by_tree(self.roots)
+    def sample(self) -> dict[str, Memory]:
+        totals = memory_by_tree(self.roots)
         for name, total in totals.items():
-            self.peaks[name] = max(self.peaks[name], total)
+            self.peaks[name] = self.peaks.get(name, Memory()).peak(total)
         return totals
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> MemorySampler:
         self.sample()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
         self._thread.start()
         return self
 

@@ -51,9 +51,10 @@ from bench.common import (
     PYTHON,
     CpuMeter,
     Interrupted,
+    Memory,
+    MemorySampler,
     OneRequest,
     Processes,
-    RssSampler,
     Series,
     batch,
     bench_access,
@@ -476,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"(ready after {time.monotonic() - started:.0f} s; measuring)", flush=True)
         roots = stack.roots()
-        with RssSampler(roots) as memory:
+        with MemorySampler(roots) as memory:
             results = measure_wrk(args, stack, bodies, CpuMeter(roots))
             streams = measure_streams(args, stack) if "stream" in args.kinds else {}
         return report(args, stack, results, streams, memory.peaks, started)
@@ -665,6 +666,16 @@ def cpu_table(results: Results, names: list[str]) -> list[str]:
     return lines
 
 
+def memory_table(peaks: dict[str, Memory]) -> list[str]:
+    """RSS, and its private part: a tree's RSS counts a shared page once per process (PostgreSQL's buffers)."""
+    return [
+        f"| | {' | '.join(peaks)} |",
+        f"| --- |{' ---: |' * len(peaks)}",
+        f"| RSS | {' | '.join(megabytes(memory.rss) for memory in peaks.values())} |",
+        f"| private (RSS less shared pages) | {' | '.join(megabytes(memory.private) for memory in peaks.values())} |",
+    ]
+
+
 def checks(results: Results, streams: dict[int, dict[str, StreamSeries]], chain: object) -> tuple[bool, list[str]]:
     """Whether every answer was a 2xx, every portal answer left one record, and the chain verifies; with lines."""
     ok = bool(chain.ok)
@@ -701,7 +712,7 @@ def report(
     stack: Stack,
     results: Results,
     streams: dict[int, dict[str, StreamSeries]],
-    peaks: Counter,
+    peaks: dict[str, Memory],
     started: float,
 ) -> int:
     from apps.compliance.records import chain_verify
@@ -717,8 +728,8 @@ def report(
     ok, lines = checks(results, streams, chain_verify(schema_name=stack.tenant.schema_name))
     print("\n## Checks\n")
     print("\n".join(f"- {line}" for line in lines))
-    print("\n## Peak resident memory during the measurement (MiB, process trees summed, sampled every 0.25 s)\n")
-    print(f"| {' | '.join(peaks)} |\n|{' ---: |' * len(peaks)}\n| {' | '.join(megabytes(v) for v in peaks.values())} |")
+    print("\n## Peak memory during the measurement (MiB, process trees summed, sampled every 0.25 s)\n")
+    print("\n".join(memory_table(peaks)))
     if results:
         names = [name for name in next(iter(next(iter(results.values())).values())).cpu_seconds if name != "machine"]
         names = [name for name in names if name != "bench client"]

@@ -18,10 +18,13 @@ from apps.inference.adapters.mlflow import MlflowAdapter
 from apps.inference.adapters.openai import OpenAIAdapter
 from apps.inference.payloads import payload_parse
 from apps.serving.health import PROBE_PATHS
+from bench.common import Memory
 from bench.gateway import PathRuns, Spread, WrkResult, comparison_table, records_settled, sse_read
+from bench.soak import tree_verdicts
 from config.devstack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:8000/invocations
   2 threads and 8 connections
   121171 requests in 2.10s, 10.63MB read
@@ -158,3 +161,14 @@ def test_fast_upstream_keeps_the_connection_and_refuses_unknown_paths(upstream):
         assert client.post(f"{upstream}/v1/chat/completions", content=b"not json").status_code == 400
         assert client.get(f"{upstream}/nowhere").status_code == 404
         assert client.post(f"{upstream}/invocations", content=b"{}").json() == {"predictions": [0, 2]}
+
+
+def test_soak_judges_private_memory_not_shared_pages():
+    start = {"PostgreSQL": Memory(rss=100 * MIB, private=50 * MIB), "web": Memory(rss=400 * MIB, private=300 * MIB)}
+    end = {"PostgreSQL": Memory(rss=160 * MIB, private=52 * MIB), "web": Memory(rss=420 * MIB, private=340 * MIB)}
+
+    ok, lines = tree_verdicts(start, end)
+
+    assert not ok
+    assert "flat" in lines[0]  # the checkpointer's shared buffers raised RSS by 60%, not its own memory
+    assert "GREW" in lines[1]
