@@ -148,3 +148,12 @@ def test_a_platform_session_opens_no_tenant_admin(staff_client, client_a, cast):
     login = client_a.post("/admin/login/", {"username": staff_client.staff.email, "password": PASSWORD})
     assert login.status_code == 200  # the form again: there is no such user in alpha
     assert client_a.get("/admin/compliance/accessevent/").status_code == 302
+
+
+def test_a_sign_in_without_next_on_the_public_host_lands_in_the_admin(staff, public_client):
+    """The login view falls back to LOGIN_REDIRECT_URL; on the public host that name leads to the admin."""
+    response = public_client.post("/admin/login/", {"username": staff.email, "password": PASSWORD})
+
+    assert response.status_code == 302
+    assert public_client.get(response["Location"]).status_code == 302  # on to the admin, which asks the factor
+    assert public_client.get("/login/?next=/admin/")["Location"] == "/admin/login/?next=/admin/"
