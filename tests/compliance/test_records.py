@@ -6,12 +6,13 @@ import datetime as dt
 import io
 import itertools
 import threading
+import time
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import tenant_context
 
@@ -393,3 +394,109 @@ def test_concurrent_appends_make_one_gapless_chain(django_db_setup, django_db_bl
         finally:
             with tenant_context(tenant):
                 _tamper("DELETE FROM compliance_inferencerecord; DELETE FROM compliance_chainhead")
+
+
+def _blocked_appends(tenant, fields_list: list[dict]) -> tuple[list[object], int]:
+    """Append `fields_list` from one thread each while another connection holds the chain head, then let go.
+
+    The first thread to arrive leads and waits on the lock with its own record; the rest queue behind it, so
+    once the lock is released they go in as one batch. Returns each thread's outcome and the transactions used.
+    """
+    import apps.compliance.records as records
+
+    outcomes: list[object] = [None] * len(fields_list)
+    batches: list[int] = []
+    real_insert = records._chain_insert
+
+    def counting_insert(batch, **kwargs):
+        batches.append(len(batch))
+        return real_insert(batch, **kwargs)
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_head() -> None:
+        try:
+            connection.set_tenant(tenant)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM compliance_chainhead FOR UPDATE")
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_head)
+    holder.start()
+    locked.wait(30)
+
+    def append(index: int, fields: dict) -> None:
+        try:
+            connection.set_tenant(tenant)
+            outcomes[index] = record_append(**fields)
+        except BaseException as error:
+            outcomes[index] = error
+        finally:
+            connection.close()
+
+    records._chain_insert = counting_insert
+    try:
+        threads = [threading.Thread(target=append, args=(i, f)) for i, f in enumerate(fields_list)]
+        threads[0].start()
+        while not records._leading:
+            time.sleep(0.01)
+        for thread in threads[1:]:
+            thread.start()
+        while sum(len(queue) for queue in records._queues.values()) < len(fields_list) - 1:  # all but the leader's
+            time.sleep(0.01)
+        release.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        release.set()
+        holder.join()
+        records._chain_insert = real_insert
+    return outcomes, len(batches)
+
+
+@pytest.fixture
+def committed_alpha(django_db_setup, django_db_blocker):
+    """Tenant alpha with one committed record, for tests whose threads commit; emptied again after."""
+    from apps.tenants.models import Tenant
+
+    with django_db_blocker.unblock():
+        tenant = Tenant.objects.get(schema_name="alpha")
+        with tenant_context(tenant):
+            first = record_append(**_fields())
+        try:
+            yield tenant, first
+        finally:
+            with tenant_context(tenant):
+                _tamper("DELETE FROM compliance_inferencerecord; DELETE FROM compliance_chainhead")
+
+
+def test_appends_queued_behind_a_busy_chain_go_in_as_one_batch(committed_alpha):
+    tenant, _ = committed_alpha
+
+    outcomes, transactions = _blocked_appends(tenant, [_fields() for _ in range(12)])
+
+    assert all(isinstance(outcome, InferenceRecord) for outcome in outcomes), outcomes
+    assert transactions == 2  # the leader's own record, then the 11 that queued behind it
+    with tenant_context(tenant):
+        assert sorted(outcome.sequence for outcome in outcomes) == list(range(2, 14))
+        report = chain_verify()
+    assert report.ok
+    assert report.checked == 13
+
+
+def test_a_request_recorded_already_fails_alone_in_its_batch(committed_alpha):
+    tenant, first = committed_alpha
+    fields_list = [_fields() for _ in range(6)]
+    fields_list[3]["request_id"] = first.request_id
+
+    outcomes, _ = _blocked_appends(tenant, fields_list)
+
+    assert isinstance(outcomes[3], IntegrityError)
+    assert all(isinstance(outcome, InferenceRecord) for i, outcome in enumerate(outcomes) if i != 3)
+    with tenant_context(tenant):
+        report = chain_verify()
+    assert report.ok
+    assert report.checked == 6
