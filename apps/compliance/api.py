@@ -50,7 +50,13 @@ class ReportOutput(serializers.ModelSerializer):
 
 
 class ReportDetailOutput(ReportOutput):
-    content = serializers.JSONField(read_only=True, help_text="The report as data; null until it is done.")
+    content = serializers.JSONField(
+        read_only=True,
+        help_text=(
+            "The report as data; null until it is done. The input hashes are listed in the download only: here"
+            " `data` has their count and SHA-256."
+        ),
+    )
 
     class Meta(ReportOutput.Meta):
         fields = [*ReportOutput.Meta.fields, "content"]

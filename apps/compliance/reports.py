@@ -1,28 +1,40 @@
 """What a compliance report says: who used which model, what answered, what was processed, what failed.
 
 Every figure comes from an aggregate query (GROUP BY in PostgreSQL), so a period of a million records costs a
-handful of queries, not a million rows in Python; only the input hashes are streamed, since the report must
-list them. The content is plain JSON data (strings, numbers, lists), so its canonical form, and hence its
-SHA-256, is the same wherever it is recomputed.
+handful of queries, not a million rows in Python. The content is plain JSON data (strings, numbers, lists), so
+its canonical form, and hence its SHA-256, is the same wherever it is recomputed. The list of distinct input
+hashes (67 MB for a million) is not in it: PostgreSQL writes it as canonical JSON in one string, it is stored
+apart (`ComplianceReportInputHashes`), and the content keeps its count and SHA-256, so the content's hash still
+covers it.
 """
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.compliance.exports import _Echo, csv_safe
-from apps.compliance.models import AccessEvent, ChainHead, InferenceRecord
+from apps.compliance.models import (
+    AccessEvent,
+    ChainHead,
+    ComplianceReport,
+    ComplianceReportInputHashes,
+    InferenceRecord,
+)
 from apps.compliance.records import chain_verify
+from apps.inference.hashing import canonical_json
 from apps.registry.models import AliasChange
 
-REPORT_FORMAT = 1
+# 2: the input hashes left the content for `ComplianceReportInputHashes`; `data` has their count and SHA-256.
+REPORT_FORMAT = 2
 
 # Sign-ins worth auditing are not denials: the report's section (d) lists only refused access.
 NOT_DENIALS = (
@@ -39,6 +51,18 @@ PAYLOAD_RETENTION_NOTE = (
 Progress = Callable[[int], None]
 
 
+@dataclass(frozen=True)
+class BuiltReport:
+    """What `report_build` produces: the content, and the input hashes it counts and hashes but does not hold.
+
+    `input_hashes` is the canonical JSON (UTF-8) of the sorted list of distinct input hashes, the very bytes
+    whose SHA-256 is `content["data"]["input_hashes_sha256"]`.
+    """
+
+    content: dict[str, Any]
+    input_hashes: bytes
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment else None
 
@@ -48,9 +72,11 @@ def _emails(user_ids: set[int]) -> dict[int, str]:
     return dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email"))
 
 
-# One pass over the period's records yields every grouping the report needs: PostgreSQL hashes all of them in the
-# same scan, where a query per grouping would read a million rows six times. Rows come back ordered by grouping
-# and then by its own columns, so each section keeps the order a query of its own would give it.
+# One pass over the period's records yields every grouping the report needs: the records are counted once by all
+# six columns together (a few thousand groups for a million records), and the groupings are sums of those, where a
+# query per grouping would read a million rows six times and GROUPING SETS straight on the records would hash each
+# record once per grouping. Rows come back ordered by grouping and then by its own columns, so each section keeps
+# the order a query of its own would give it.
 _GROUPINGS: dict[str, tuple[str, ...]] = {
     "totals": (),
     "by_user": ("user_id",),
@@ -77,6 +103,11 @@ def _grouping_mask(columns: tuple[str, ...]) -> int:
     return sum(1 << (width - 1 - index) for index, name in enumerate(_GROUP_COLUMNS) if name not in columns)
 
 
+def _total(column: str) -> str:
+    # A sum of counts, as an integer; 0 for the grand total of an empty period, as count(*) would give.
+    return f"coalesce(sum({column}), 0)::bigint"
+
+
 def _groupings(**filters) -> dict[str, list[dict[str, Any]]]:
     """Every grouping of `_GROUPINGS` over the filtered records, in one query."""
     where, params = _where(**filters)
@@ -84,15 +115,19 @@ def _groupings(**filters) -> dict[str, list[dict[str, Any]]]:
     sets = ", ".join(f"({', '.join(by)})" for by in _GROUPINGS.values())
     # Only constant identifiers are formatted in; every value is a query parameter.
     sql = (
-        f"SELECT GROUPING({columns}), {columns}, count(*),"  # noqa: S608
-        " count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status = %s),"
-        " min(received_at), max(received_at)"
-        f" FROM {InferenceRecord._meta.db_table} WHERE {where}"
-        f" GROUP BY GROUPING SETS ({sets}) ORDER BY 1, {columns}"
+        f"WITH counted AS (SELECT {columns}, count(*) AS requests,"  # noqa: S608
+        " count(*) FILTER (WHERE status = %s) AS ok, count(*) FILTER (WHERE status = %s) AS refused,"
+        " min(received_at) AS first_at, max(received_at) AS last_at"
+        f" FROM {InferenceRecord._meta.db_table} WHERE {where} GROUP BY {columns})"
+        f" SELECT GROUPING({columns}), {columns}, {_total('requests')}, {_total('ok')}, {_total('refused')},"
+        f" min(first_at), max(last_at) FROM counted GROUP BY GROUPING SETS ({sets}) ORDER BY 1, {columns}"
     )
     names = {_grouping_mask(by): name for name, by in _GROUPINGS.items()}
     result: dict[str, list[dict[str, Any]]] = {name: [] for name in _GROUPINGS}
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # PostgreSQL expects as many groups as a sixth of the records, more than the default 4 MB can hash, and
+        # would sort a million rows instead; there are a few thousand, which hash in a fraction of the time.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, [InferenceRecord.Status.OK, InferenceRecord.Status.REFUSED, *params])
         for mask, *values, requests, ok, refused, first, last in cursor.fetchall():
             name = names[mask]
@@ -160,39 +195,58 @@ def _section_versions(groups: dict[str, list[dict[str, Any]]], **period) -> dict
     return {"versions": versions, "alias_changes": _alias_changes(**period)}
 
 
-def _section_data(**filters) -> dict[str, Any]:
-    """Distinct inputs per version and the sorted list of every distinct input hash, from one sort.
+# What canonical JSON of a list of lowercase hex strings is made of: when the list PostgreSQL wrote holds nothing
+# else, no character needed escaping and its bytes are exactly `canonical_json` of the list.
+_HEX_LIST_BYTES = b'0123456789abcdef[",]'
+# The list as one string in its canonical JSON form, written by PostgreSQL from the sorted distinct hashes.
+_LIST_SQL = """coalesce('["' || string_agg(digest, '","' ORDER BY digest) || '"]', '[]')"""
 
-    The hashes are lowercase hex, which sorts the same under every collation, so the byte order of
-    `COLLATE "C"` gives the same list as the database's collation at a fraction of the cost; they come back as
-    one string rather than a million rows.
+
+def _section_data(groups: dict[str, list[dict[str, Any]]], **filters) -> tuple[dict[str, Any], bytes]:
+    """Distinct inputs per version, and the sorted distinct input hashes as canonical JSON, from one sort.
+
+    The period's distinct (hash, model, version) triples are sorted by hash once; the per-version counts and the
+    list both read them. The hashes are lowercase hex, which sorts the same under every
+    collation, so the byte order of `COLLATE "C"` gives the same list as the database's collation at a fraction
+    of the cost.
     """
     where, params = _where(**filters)
     table = InferenceRecord._meta.db_table  # constant identifiers are formatted in, values are parameters
     with connection.cursor() as cursor:
         cursor.execute(
-            'SELECT model_name, model_version, count(*), count(DISTINCT input_sha256 COLLATE "C")'  # noqa: S608
-            f" FROM {table} WHERE {where} GROUP BY model_name, model_version ORDER BY model_name, model_version",
+            "WITH inputs AS MATERIALIZED (SELECT DISTINCT"  # noqa: S608
+            ' input_sha256 COLLATE "C" AS digest, model_name COLLATE "C" AS model_name, model_version'
+            f" FROM {table} WHERE {where})"
+            " SELECT model_name, model_version, count(*), NULL FROM inputs GROUP BY model_name, model_version"
+            f" UNION ALL SELECT NULL, NULL, count(*), {_LIST_SQL}"
+            " FROM (SELECT DISTINCT ON (digest) digest FROM inputs ORDER BY digest) AS digests",
             params,
         )
-        counts = [
-            {"model_name": name, "model_version": version, "requests": requests, "distinct_inputs": distinct}
-            for name, version, requests, distinct in cursor.fetchall()
-        ]
-        cursor.execute(
-            "SELECT string_agg(input_sha256, ',' ORDER BY input_sha256) FROM"  # noqa: S608
-            f' (SELECT DISTINCT input_sha256 COLLATE "C" AS input_sha256 FROM {table} WHERE {where}) AS inputs',
-            params,
-        )
-        joined = cursor.fetchone()[0]
-    input_hashes = joined.split(",") if joined else []
-    return {
-        "by_version": counts,
-        "input_hash_count": len(input_hashes),
-        "input_hashes": input_hashes,
+        rows = cursor.fetchall()
+        input_hashes = next(joined for name, _, _, joined in rows if name is None).encode()
+        if input_hashes.translate(None, _HEX_LIST_BYTES):
+            # A hash that is not lowercase hex (`record_append` never writes one) may need escaping.
+            cursor.execute(f'SELECT DISTINCT input_sha256 COLLATE "C" FROM {table} WHERE {where} ORDER BY 1', params)  # noqa: S608
+            input_hashes = canonical_json([digest for (digest,) in cursor.fetchall()])
+    counts = {(name, version): count for name, version, count, _ in rows}
+    # A record received between this query and the groupings' (a period that includes now) is in one, not both.
+    by_version = [
+        {
+            "model_name": row["model_name"],
+            "model_version": row["model_version"],
+            "requests": row["requests"],
+            "distinct_inputs": counts.get((row["model_name"], row["model_version"]), 0),
+        }
+        for row in groups["versions"]
+    ]
+    data = {
+        "by_version": by_version,
+        "input_hash_count": counts[(None, None)],
+        "input_hashes_sha256": hashlib.sha256(input_hashes).hexdigest(),
         "payload_retention": PAYLOAD_RETENTION,
         "payload_retention_note": PAYLOAD_RETENTION_NOTE,
     }
+    return data, input_hashes
 
 
 def _section_failures(
@@ -255,8 +309,8 @@ def report_build(
     model_name: str | None = None,
     key_prefix: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """The report on records received in [start, end) of the current tenant, as JSON-ready data.
+) -> BuiltReport:
+    """The report on records received in [start, end) of the current tenant: JSON-ready content and input hashes.
 
     `progress(percent)` is called after each section, so a long report shows how far it got.
     """
@@ -277,13 +331,68 @@ def report_build(
     step(30)
     content["versions"] = _section_versions(groups, start=start, end=end, model_name=model_name)
     step(50)
-    content["data"] = _section_data(**filters)
+    content["data"], input_hashes = _section_data(groups, **filters)
     step(70)
     content["failures"] = _section_failures(groups, start=start, end=end, key_prefix=key_prefix)
     step(80)
     content["chain"] = _section_chain()
     step(100)
-    return content
+    return BuiltReport(content=content, input_hashes=input_hashes)
+
+
+# --- the stored input hashes ----------------------------------------------------------------------------------
+
+# Bytes of the stored list read per query: about 15,600 hashes, so a download holds a megabyte of them at a time.
+SLICE_BYTES = 1 << 20
+# The printable page lists the input hashes up to this many (some 50 printed pages); beyond, the downloads do.
+PRINTED_HASHES_MAX = 5_000
+# Between two strings of a compact JSON array. It cannot occur inside one, where every quote is escaped.
+_BETWEEN = b'","'
+
+
+def input_hashes_json(report: ComplianceReport) -> Iterator[bytes]:
+    """The report's input hashes as stored (the canonical JSON of the sorted list), slice by slice.
+
+    The column is stored uncompressed, so each slice costs PostgreSQL only its own pages. A report of format 1
+    kept the list in its content. Nothing comes out when the stored list is missing.
+    """
+    data = report.content["data"]
+    if "input_hashes" in data:
+        yield canonical_json(data["input_hashes"])
+        return
+    table = ComplianceReportInputHashes._meta.db_table  # a constant identifier; values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT octet_length(hashes) FROM {table} WHERE report_id = %s", [report.pk])  # noqa: S608
+        row = cursor.fetchone()
+        for start in range(1, row[0] + 1 if row else 1, SLICE_BYTES):
+            cursor.execute(
+                f"SELECT substring(hashes FROM %s FOR %s) FROM {table} WHERE report_id = %s",  # noqa: S608
+                [start, SLICE_BYTES, report.pk],
+            )
+            yield bytes(cursor.fetchone()[0])
+
+
+def _json_string(raw: bytes) -> str:
+    return raw.decode() if b"\\" not in raw else json.loads(b'"' + raw + b'"')
+
+
+def report_input_hashes(report: ComplianceReport) -> Iterator[str]:
+    """The report's input hashes one by one, read slice by slice: a million never sit in memory as a list."""
+    pending, opening = b"", len(b'["')
+    for piece in input_hashes_json(report):
+        *complete, pending = (pending + piece).split(_BETWEEN)
+        for raw in complete:
+            yield _json_string(raw[opening:])
+            opening = 0
+    if pending not in (b"", b"[]"):
+        yield _json_string(pending[opening : -len(b'"]')])
+
+
+def report_input_hashes_printed(report: ComplianceReport) -> list[str] | None:
+    """The hashes the printable page lists, or None when there are too many to print."""
+    if report.content["data"]["input_hash_count"] > PRINTED_HASHES_MAX:
+        return None
+    return list(report_input_hashes(report))
 
 
 # --- renderers ------------------------------------------------------------------------------------------------
@@ -325,17 +434,15 @@ _CSV_SECTIONS: tuple[tuple[str, Callable[[dict], list[dict]], tuple[str, ...]], 
         ("model_name", "model_version", "status", "error_code", "count"),
     ),
     ("access denials", lambda c: c["failures"]["access_denials"], ("reason", "count", "first", "last")),
-    (
-        "input hashes",
-        lambda c: [{"input_sha256": value} for value in c["data"]["input_hashes"]],
-        ("input_sha256",),
-    ),
 )
 
 
-def report_csv_rows(*, content: dict, sha256: str) -> Iterator[list[Any]]:
-    """The report as CSV rows: a header block, then each section (a title row, a header row, its rows)."""
-    chain = content["chain"]
+def report_csv_rows(*, report: ComplianceReport) -> Iterator[list[Any]]:
+    """The report as CSV rows: a header block, then each section (a title row, a header row, its rows).
+
+    The last section, the input hashes, is read from storage as it is written out.
+    """
+    content, chain = report.content, report.content["chain"]
     yield ["compliance report", content.get("report", {}).get("id")]
     yield ["tenant", content["tenant"]]
     yield ["period start", content["period"]["start"]]
@@ -350,23 +457,53 @@ def report_csv_rows(*, content: dict, sha256: str) -> Iterator[list[Any]]:
     yield ["chain problem", chain["problem"]]
     yield ["chain head sequence", chain["head_sequence"]]
     yield ["chain head hash", chain["head_hash"]]
-    yield ["content sha256", sha256]
+    yield ["content sha256", report.content_sha256]
+    yield ["input hashes", content["data"]["input_hash_count"]]
+    yield ["input hashes sha256", content["data"].get("input_hashes_sha256", "")]
     for title, rows, columns in _CSV_SECTIONS:
         yield []
         yield ["section", title]
         yield list(columns)
         for row in rows(content):
             yield [row.get(column) for column in columns]
+    yield []
+    yield ["section", "input hashes"]
+    yield ["input_sha256"]
+    for digest in report_input_hashes(report):
+        yield [digest]
 
 
-def report_csv_lines(*, content: dict, sha256: str) -> Iterator[str]:
+def report_csv_lines(*, report: ComplianceReport) -> Iterator[str]:
     """CSV text, line by line, with every cell made spreadsheet-safe (no formula injection from a reason)."""
     writer = csv.writer(_Echo())
-    for row in report_csv_rows(content=content, sha256=sha256):
+    for row in report_csv_rows(report=report):
         yield writer.writerow([csv_safe(value) for value in row])
 
 
-def report_json(*, content: dict, sha256: str) -> bytes:
-    """The content exactly as hashed (canonical JSON) inside an envelope that names the hash and its method."""
-    envelope = {"sha256": sha256, "sha256_of": "canonical JSON of `content`", "content": content}
-    return json.dumps(envelope, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8")
+# Where the stored list goes in the JSON download: the one top-level line of the envelope that names it (keys
+# of the content are indented deeper, and a JSON string never holds a raw newline).
+_LIST_LINE = '\n  "input_hashes": null,\n'
+
+
+def report_json_chunks(*, report: ComplianceReport) -> Iterator[bytes]:
+    """The content exactly as hashed, and the input hashes exactly as stored, in an envelope that says how each is
+    hashed: `sha256` is of the canonical JSON of `content`, whose `data.input_hashes_sha256` is of the bytes of
+    `input_hashes` as written here. The list is written slice by slice as it is read."""
+    envelope = {
+        "sha256": report.content_sha256,
+        "sha256_of": "canonical JSON of `content`",
+        "content": report.content,
+        "input_hashes": None,
+    }
+    if "input_hashes_sha256" in report.content["data"]:  # not in reports of format 1, which hold the list
+        envelope["input_hashes_sha256_of"] = (
+            "`input_hashes` exactly as written here, the canonical JSON of the sorted list; it equals"
+            " `content.data.input_hashes_sha256`, which `sha256` covers"
+        )
+    head, tail = json.dumps(envelope, ensure_ascii=False, indent=2, sort_keys=True).split(_LIST_LINE)
+    yield f'{head}\n  "input_hashes": '.encode()
+    written = False
+    for piece in input_hashes_json(report):
+        written = True
+        yield piece
+    yield f"{'' if written else 'null'},\n{tail}".encode()

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from functools import cache
 
+import psycopg
 import redis
 from auditlog.context import set_actor
 from django.core.exceptions import ValidationError
@@ -21,7 +22,7 @@ from django.utils import timezone
 from django_tenants.utils import get_public_schema_name, schema_context
 from redis.commands.core import Script
 
-from apps.compliance.models import AccessEvent, ComplianceReport
+from apps.compliance.models import AccessEvent, ComplianceReport, ComplianceReportInputHashes
 from apps.inference.hashing import sha256_hex
 from config.redis import get_redis
 
@@ -253,11 +254,28 @@ def _report_progress(report_id: int) -> Callable[[int], None]:
     return step
 
 
+def _report_input_hashes_store(*, report_id: int, input_hashes: bytes) -> None:
+    """Store a report's list of input hashes, or replace it when a duplicate delivery of the task got there first.
+
+    A binary parameter sends the 67 MB of a million hashes as they are: through the ORM they would go as a hex
+    literal twice that size, for PostgreSQL to parse.
+    """
+    table = ComplianceReportInputHashes._meta.db_table  # a constant identifier; values are parameters
+    with connection.cursor() as cursor, psycopg.Cursor(cursor.cursor.connection) as binary:
+        binary.execute(
+            f"INSERT INTO {table} (report_id, hashes) VALUES (%s, %b)"  # noqa: S608
+            " ON CONFLICT (report_id) DO UPDATE SET hashes = EXCLUDED.hashes",
+            [report_id, input_hashes],
+        )
+
+
 def report_generate(*, report_id: int) -> ComplianceReport:
-    """Build a queued report, store its content and SHA-256; idempotent (a finished report is left as it is).
+    """Build a queued report, store its content, SHA-256 and input hashes; idempotent (a finished report is left
+    as it is).
 
     A failure marks the report failed with the reason instead of raising, so the portal can say what happened;
-    requesting a new report is the retry.
+    requesting a new report is the retry. The content and the list of input hashes it vouches for are saved in
+    one transaction: a report is never done without its list.
     """
     from apps.compliance.reports import report_build
 
@@ -265,14 +283,16 @@ def report_generate(*, report_id: int) -> ComplianceReport:
     if report.status in (ComplianceReport.Status.DONE, ComplianceReport.Status.FAILED):
         return report
     ComplianceReport.objects.filter(pk=report_id).update(status=ComplianceReport.Status.RUNNING, progress=0)
+    input_hashes = None
     try:
-        content = report_build(
+        built = report_build(
             start=report.period_start,
             end=report.period_end,
             model_name=report.model_name or None,
             key_prefix=report.key_prefix or None,
             progress=_report_progress(report_id),
         )
+        content = built.content
         content["report"] = {
             "id": report.pk,
             "requested_by": report.requested_by.email if report.requested_by else None,
@@ -282,10 +302,14 @@ def report_generate(*, report_id: int) -> ComplianceReport:
         report.content_sha256 = sha256_hex(content)
         report.status = ComplianceReport.Status.DONE
         report.progress = 100
+        input_hashes = built.input_hashes
     except Exception as exc:
         logger.exception("Compliance report %s in schema %s failed", report_id, connection.schema_name)
         report.status = ComplianceReport.Status.FAILED
         report.error = f"{type(exc).__name__}: {exc}"[:500]
     report.finished = timezone.now()
-    report.save(update_fields=["content", "content_sha256", "status", "progress", "error", "finished"])
+    with transaction.atomic():
+        if input_hashes is not None:
+            _report_input_hashes_store(report_id=report.pk, input_hashes=input_hashes)
+        report.save(update_fields=["content", "content_sha256", "status", "progress", "error", "finished"])
     return report

@@ -3,6 +3,7 @@ owners and compliance officers (with their second factor) or keys with `reports:
 own tenant only."""
 
 import csv
+import hashlib
 import io
 import json
 from datetime import timedelta
@@ -14,11 +15,12 @@ from django.db import connection
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
-from apps.compliance.models import AccessEvent, ComplianceReport
+from apps.compliance import reports
+from apps.compliance.models import AccessEvent, ComplianceReport, ComplianceReportInputHashes
 from apps.compliance.records import record_append
 from apps.compliance.reports import report_build
 from apps.compliance.services import report_generate, report_request
-from apps.inference.hashing import sha256_hex
+from apps.inference.hashing import canonical_json, sha256_hex
 from apps.registry.models import AliasChange, RegisteredModel
 from tests.helpers import bearer, login, otp_login, record_fields
 
@@ -32,6 +34,7 @@ WORKLOAD = [
     ("dave", "pk_dave01", "wine", 1, "timeout", "", "5" * 64),
     ("dave", "pk_dave02", "wine", 1, "ok", "", "6" * 64),
 ]
+INPUT_HASHES = sorted({row[6] for row in WORKLOAD})
 
 
 def _tamper(sql: str, params: list | None = None) -> None:
@@ -82,7 +85,8 @@ def _by(rows: list[dict], *fields: str) -> dict:
 
 def test_report_figures_equal_the_ground_truth_of_the_workload(workload, cast):
     base = workload["base"]
-    content = report_build(start=workload["start"], end=workload["end"])
+    built = report_build(start=workload["start"], end=workload["end"])
+    content = built.content
 
     assert content["totals"] == {"requests": 7, "ok": 4, "refused": 1}
     by_user = _by(content["usage"]["by_user"], "user_email")
@@ -118,13 +122,17 @@ def test_report_figures_equal_the_ground_truth_of_the_workload(workload, cast):
     ]
 
     data = content["data"]
-    assert data["input_hashes"] == sorted({row[6] for row in WORKLOAD})
+    assert "input_hashes" not in data  # listed apart, vouched for by count and digest
+    assert built.input_hashes == canonical_json(INPUT_HASHES)
     assert data["input_hash_count"] == 6
+    assert data["input_hashes_sha256"] == sha256_hex(INPUT_HASHES)
     assert data["payload_retention"] == "not retained"
-    assert {(r["model_name"], r["model_version"]): r["distinct_inputs"] for r in data["by_version"]} == {
-        ("iris", 1): 2,
-        ("iris", 2): 3,
-        ("wine", 1): 2,
+    assert {
+        (r["model_name"], r["model_version"]): (r["requests"], r["distinct_inputs"]) for r in data["by_version"]
+    } == {
+        ("iris", 1): (2, 2),
+        ("iris", 2): (3, 3),
+        ("wine", 1): (2, 2),
     }
 
     failures = content["failures"]
@@ -142,21 +150,22 @@ def test_report_figures_equal_the_ground_truth_of_the_workload(workload, cast):
 
 
 def test_filters_narrow_the_report_to_one_model_or_one_key(workload):
-    by_model = report_build(start=workload["start"], end=workload["end"], model_name="wine")
+    by_model = report_build(start=workload["start"], end=workload["end"], model_name="wine").content
     by_key = report_build(start=workload["start"], end=workload["end"], key_prefix="pk_alice1")
 
     assert by_model["totals"]["requests"] == 2
     assert by_model["versions"]["alias_changes"] == []  # the changes were to iris
-    assert by_key["totals"]["requests"] == 3
-    assert by_key["data"]["input_hashes"] == ["1" * 64, "2" * 64, "3" * 64]
-    assert by_key["failures"]["access_denial_count"] == 0  # the denials were for another key
+    assert by_key.content["totals"]["requests"] == 3
+    assert json.loads(by_key.input_hashes) == ["1" * 64, "2" * 64, "3" * 64]
+    assert by_key.content["data"]["input_hash_count"] == 3
+    assert by_key.content["failures"]["access_denial_count"] == 0  # the denials were for another key
 
 
 def test_a_tampered_record_makes_the_report_say_the_chain_is_broken(workload):
     tampered = workload["records"][3]
     _tamper("UPDATE compliance_inferencerecord SET model_version = 9 WHERE id = %s", [tampered.pk])
 
-    chain = report_build(start=workload["start"], end=workload["end"])["chain"]
+    chain = report_build(start=workload["start"], end=workload["end"]).content["chain"]
 
     assert chain["ok"] is False
     assert chain["first_broken_sequence"] == tampered.sequence
@@ -178,6 +187,11 @@ def test_a_generated_report_stores_its_content_with_a_hash_and_its_request_is_au
     assert stored.content_sha256 == sha256_hex(stored.content)
     assert stored.content["report"]["requested_by"] == cast.olivia.email
     assert stored.content["totals"]["requests"] == 5
+    iris_hashes = sorted({row[6] for row in WORKLOAD if row[2] == "iris"})
+    kept = bytes(ComplianceReportInputHashes.objects.get(report=stored).hashes)
+    assert json.loads(kept) == iris_hashes
+    assert hashlib.sha256(kept).hexdigest() == stored.content["data"]["input_hashes_sha256"] == sha256_hex(iris_hashes)
+    assert stored.content["data"]["input_hash_count"] == 4
     entry = LogEntry.objects.get_for_object(stored).get(action=LogEntry.Action.CREATE)
     assert entry.actor_id == cast.olivia.pk
     assert "period_start" in entry.changes_dict
@@ -215,17 +229,121 @@ def test_an_officer_with_a_second_factor_reads_and_downloads_the_report(workload
     assert response["X-Content-SHA256"] == report.content_sha256
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert ["content sha256", report.content_sha256] in rows
-    hashes_at = rows.index(["section", "input hashes"])
-    assert [row[0] for row in rows[hashes_at + 2 :]] == report.content["data"]["input_hashes"]
+    assert ["input hashes sha256", sha256_hex(INPUT_HASHES)] in rows
+    assert _csv_hashes(rows) == INPUT_HASHES
 
     response = client_a.get(f"/reports/{report.pk}.json")
-    envelope = json.loads(response.content)
+    body = b"".join(response.streaming_content)
+    envelope = json.loads(body)
     assert response["X-Content-SHA256"] == envelope["sha256"] == sha256_hex(envelope["content"])
+    assert envelope["input_hashes"] == INPUT_HASHES
+    assert sha256_hex(envelope["input_hashes"]) == envelope["content"]["data"]["input_hashes_sha256"]
+    assert b'"input_hashes": ' + canonical_json(INPUT_HASHES) + b",\n" in body  # the bytes hashed, as they are
 
     response = client_a.get(f"/reports/{report.pk}.html")
     assert response["X-Content-SHA256"] == report.content_sha256
     assert report.content_sha256 in response.content.decode()
-    assert "1" * 64 in response.content.decode()
+    assert all(digest in response.content.decode() for digest in INPUT_HASHES)
+
+
+def _csv_hashes(rows: list[list[str]]) -> list[str]:
+    """The input hashes section of a CSV download: the last one, every row after its header."""
+    return [row[0] for row in rows[rows.index(["section", "input hashes"]) + 2 :]]
+
+
+def test_downloads_read_the_stored_list_slice_by_slice(workload, cast, client_a, monkeypatch):
+    monkeypatch.setattr(reports, "SLICE_BYTES", 50)  # 6 hashes, 9 slices cut anywhere, separators included
+    report = _done_report(cast, workload)
+    otp_login(client_a, cast.olivia)
+
+    text = b"".join(client_a.get(f"/reports/{report.pk}.csv").streaming_content).decode()
+    body = b"".join(client_a.get(f"/reports/{report.pk}.json").streaming_content)
+
+    assert _csv_hashes(list(csv.reader(io.StringIO(text)))) == INPUT_HASHES
+    assert json.loads(body)["input_hashes"] == INPUT_HASHES
+    assert list(reports.input_hashes_json(report)) == [
+        canonical_json(INPUT_HASHES)[start : start + 50] for start in range(0, 6 * 67 + 1, 50)
+    ]
+
+
+def test_under_asgi_the_json_download_is_pulled_slice_by_slice(workload, cast, monkeypatch):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncRequestFactory
+
+    from apps.compliance.report_pages import report_download_response
+
+    monkeypatch.setattr(reports, "SLICE_BYTES", 100)
+    report = _done_report(cast, workload)
+    response = report_download_response(AsyncRequestFactory().get("/"), report=report, fmt="json")
+
+    async def received() -> list[bytes]:
+        return [chunk async for chunk in response.streaming_content]
+
+    chunks = async_to_sync(received)()
+    assert response.is_async
+    assert len(chunks) == 2 + 5  # the envelope around the list, and the list in five slices
+    assert json.loads(b"".join(chunks))["input_hashes"] == INPUT_HASHES
+
+
+def test_a_changed_stored_list_no_longer_matches_the_digest_the_report_vouches_for(workload, cast, client_a):
+    report = _done_report(cast, workload)
+    ComplianceReportInputHashes.objects.filter(report=report).update(hashes=canonical_json(INPUT_HASHES[1:]))
+    otp_login(client_a, cast.olivia)
+
+    envelope = json.loads(b"".join(client_a.get(f"/reports/{report.pk}.json").streaming_content))
+
+    assert sha256_hex(envelope["content"]) == envelope["sha256"] == report.content_sha256  # the content is intact
+    assert sha256_hex(envelope["input_hashes"]) != envelope["content"]["data"]["input_hashes_sha256"]
+    # Making the content vouch for the forged list changes the content's own hash, which the audit log keeps.
+    forged = {**report.content, "data": {**report.content["data"], "input_hashes_sha256": sha256_hex(INPUT_HASHES[1:])}}
+    assert sha256_hex(forged) != report.content_sha256
+    logged = LogEntry.objects.get_for_object(report).filter(action=LogEntry.Action.UPDATE).latest("timestamp")
+    assert logged.changes_dict["content_sha256"][1] == report.content_sha256
+
+
+def test_input_hashes_that_are_not_hex_are_listed_as_canonical_json(in_tenant_a, cast, client_a):
+    odd = ['quote " and, comma', "back\\slash", "new\nline", "caf\u00e9", "1" * 64]
+    start = timezone.now() - timedelta(hours=1)
+    for index, digest in enumerate(odd):
+        record_append(**record_fields(input_sha256=digest, received_at=start + timedelta(minutes=index)))
+
+    built = report_build(start=start, end=timezone.now())
+
+    assert built.input_hashes == canonical_json(sorted(odd))
+    assert built.content["data"]["input_hashes_sha256"] == sha256_hex(sorted(odd))
+    report = report_generate(report_id=report_request(actor=cast.olivia, start=start, end=timezone.now()).pk)
+    otp_login(client_a, cast.olivia)
+    text = b"".join(client_a.get(f"/reports/{report.pk}.csv").streaming_content).decode()
+    assert sorted(_csv_hashes(list(csv.reader(io.StringIO(text))))) == sorted(odd)
+
+
+def test_a_report_of_format_1_is_still_downloaded_with_the_hashes_its_content_holds(workload, cast, client_a):
+    report = _done_report(cast, workload)
+    data = {name: value for name, value in report.content["data"].items() if name != "input_hashes_sha256"}
+    content = {**report.content, "format": 1, "data": {**data, "input_hashes": INPUT_HASHES}}
+    ComplianceReportInputHashes.objects.filter(report=report).delete()
+    ComplianceReport.objects.filter(pk=report.pk).update(content=content, content_sha256=sha256_hex(content))
+    otp_login(client_a, cast.olivia)
+
+    text = b"".join(client_a.get(f"/reports/{report.pk}.csv").streaming_content).decode()
+    envelope = json.loads(b"".join(client_a.get(f"/reports/{report.pk}.json").streaming_content))
+
+    assert _csv_hashes(list(csv.reader(io.StringIO(text)))) == INPUT_HASHES
+    assert envelope["input_hashes"] == envelope["content"]["data"]["input_hashes"] == INPUT_HASHES
+    assert "input_hashes_sha256_of" not in envelope
+    assert sha256_hex(envelope["content"]) == envelope["sha256"]
+
+
+def test_a_report_with_more_hashes_than_a_printout_holds_links_to_the_downloads(workload, cast, client_a, monkeypatch):
+    monkeypatch.setattr(reports, "PRINTED_HASHES_MAX", 5)
+    report = _done_report(cast, workload)
+    otp_login(client_a, cast.olivia)
+
+    page = client_a.get(f"/reports/{report.pk}.html").content.decode()
+
+    assert "1" * 64 not in page
+    assert sha256_hex(INPUT_HASHES) in page
+    assert f'href="/reports/{report.pk}.csv"' in page
 
 
 def test_a_report_request_from_the_portal_is_queued_for_the_officer(in_tenant_a, cast, client_a):

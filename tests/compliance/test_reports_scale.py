@@ -10,6 +10,7 @@ from django.utils import timezone
 from apps.compliance.models import ChainCheckpoint
 from apps.compliance.records import chain_verify, record_append
 from apps.compliance.reports import report_build
+from apps.inference.hashing import sha256_hex
 from tests.helpers import record_fields
 
 
@@ -103,7 +104,7 @@ def test_an_edit_before_the_checkpoint_needs_a_full_walk(sealed):
 def test_the_report_says_which_checkpoint_its_verification_started_from(sealed):
     start = timezone.now() - timedelta(days=1)
 
-    chain = report_build(start=start, end=timezone.now() + timedelta(days=1))["chain"]
+    chain = report_build(start=start, end=timezone.now() + timedelta(days=1)).content["chain"]
 
     assert (chain["ok"], chain["checked"], chain["from_sequence"], chain["head_sequence"]) == (True, 3, 5, 8)
     assert chain["checkpoint_verified_at"] is not None
@@ -112,11 +113,13 @@ def test_the_report_says_which_checkpoint_its_verification_started_from(sealed):
 def test_a_report_over_an_empty_period_has_zero_totals(in_tenant_a):
     start = timezone.now() + timedelta(days=10)
 
-    content = report_build(start=start, end=start + timedelta(days=1))
+    built = report_build(start=start, end=start + timedelta(days=1))
 
-    assert content["totals"] == {"requests": 0, "ok": 0, "refused": 0}
-    assert content["data"]["input_hashes"] == []
-    assert content["usage"]["by_user"] == []
+    assert built.content["totals"] == {"requests": 0, "ok": 0, "refused": 0}
+    assert built.input_hashes == b"[]"
+    assert built.content["data"]["input_hash_count"] == 0
+    assert built.content["data"]["input_hashes_sha256"] == sha256_hex([])
+    assert built.content["usage"]["by_user"] == []
 
 
 def test_the_daily_full_walk_catches_an_edit_before_the_checkpoint(cast, caplog):
