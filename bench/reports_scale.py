@@ -7,15 +7,18 @@ Creates the tenant `benchreports` (or reuses it when it already holds exactly `-
 month of records into its schema as one valid hash chain: the hashes are computed here with `record_hash`, the
 rows go in with PostgreSQL COPY (the append-only trigger allows INSERT) and the chain head is set at the end, so
 `chain_verify` accepts the result as if `record_append` had written every row. Then it times `report_build`
-(each section, through its progress callback) and the whole `report_generate` path for the month, one day and
-one model, and `chain_verify` alone, each `--repeat` times, and prints the medians as a markdown table. The
-tenant is kept for the next run unless `--drop` is given; the reports it generated are deleted.
+(each section, through its progress callback), the whole `report_generate` path, and the JSON and CSV downloads
+of the generated report (read from storage as they stream; each checked against the report's count and SHA-256
+of its input hashes) for the month, one day and one model, and `chain_verify` alone, each `--repeat` times, and
+prints the medians as a markdown table. The tenant is kept for the next run unless `--drop` is given; the
+reports it generated are deleted.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import random
 import statistics
@@ -38,7 +41,7 @@ from django_tenants.utils import schema_context, tenant_context
 
 from apps.compliance.models import ChainHead, ComplianceReport, InferenceRecord
 from apps.compliance.records import GENESIS_HASH, RECORD_FIELDS, chain_verify, record_hash
-from apps.compliance.reports import report_build
+from apps.compliance.reports import report_build, report_csv_lines, report_json_chunks
 from apps.compliance.services import report_generate
 from apps.tenants.models import Tenant
 from apps.tenants.services import tenant_signup
@@ -155,7 +158,7 @@ def _build_timed(**filters) -> dict[str, float]:
     """One `report_build`, with the seconds of each section read off its progress callback."""
     marks: list[tuple[int, float]] = []
     started = time.perf_counter()
-    content = report_build(**filters, progress=lambda percent: marks.append((percent, time.perf_counter())))
+    content = report_build(**filters, progress=lambda percent: marks.append((percent, time.perf_counter()))).content
     total = time.perf_counter() - started
     times, previous = {}, started
     for percent, moment in marks:
@@ -165,17 +168,32 @@ def _build_timed(**filters) -> dict[str, float]:
 
 
 def _generate_timed(**filters) -> dict[str, float]:
-    """The Celery task's path: build, hash the canonical JSON and store the content."""
+    """The Celery task's path (build, hash the canonical JSON, store the content and the input hashes), then the
+    JSON and CSV downloads of the report it made, each checked against the count and digest in its content."""
     report = ComplianceReport.objects.create(
         period_start=filters["start"], period_end=filters["end"], model_name=filters.get("model_name") or ""
     )
     started = time.perf_counter()
     report = report_generate(report_id=report.pk)
-    elapsed = time.perf_counter() - started
+    generated = time.perf_counter()
     if report.status != ComplianceReport.Status.DONE:
         raise SystemExit(f"report {report.pk} failed: {report.error}")
+    listed, previous = hashlib.sha256(), None
+    for chunk in itertools.islice(report_json_chunks(report=report), 1, None):  # after the envelope's head
+        if previous is not None:  # the last chunk is the envelope's tail
+            listed.update(previous)
+        previous = chunk
+    downloaded = time.perf_counter()
+    in_csv, started_list = -1, False  # the section's header row is not a hash
+    for line in report_csv_lines(report=report):
+        in_csv += started_list
+        started_list = started_list or line == "section,input hashes\r\n"
+    exported = time.perf_counter()
+    data = report.content["data"]
+    if listed.hexdigest() != data["input_hashes_sha256"] or in_csv != data["input_hash_count"]:
+        raise SystemExit(f"report {report.pk}: its downloads do not match its input hashes")
     ComplianceReport.objects.filter(pk=report.pk).delete()
-    return {"generate": elapsed}
+    return {"generate": generated - started, "json": downloaded - generated, "csv": exported - downloaded}
 
 
 def main() -> None:
@@ -211,11 +229,12 @@ def run(count: int, repeat: int) -> None:
 
     print(f"\n{count:,} records in tenant {SLUG}, median of {repeat}; seconds")
     sections = list(SECTIONS.values())
-    print(f"| report | records | {' | '.join(sections)} | report_build | report_generate |")
-    print(f"| --- | ---: | {' | '.join('---:' for _ in sections)} | ---: | ---: |")
+    print(f"| report | records | {' | '.join(sections)} | report_build | report_generate | JSON | CSV |")
+    print(f"| --- | ---: | {' | '.join('---:' for _ in sections)} | ---: | ---: | ---: | ---: |")
     for name, built, generated in rows:
         cells = " | ".join(f"{built[section]:.2f}" for section in sections)
-        print(f"| {name} | {built['records']:,.0f} | {cells} | {built['build']:.2f} | {generated['generate']:.2f} |")
+        timings = " | ".join(f"{generated[step]:.2f}" for step in ("generate", "json", "csv"))
+        print(f"| {name} | {built['records']:,.0f} | {cells} | {built['build']:.2f} | {timings} |")
     print(f"\n`chain_verify` full walk of {count:,} records: {full['seconds']:.2f} s (median of {repeat})")
 
 
