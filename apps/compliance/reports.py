@@ -28,10 +28,13 @@ from apps.compliance.models import (
     ComplianceReport,
     ComplianceReportInputHashes,
     InferenceRecord,
+    RetainedPayload,
+    RetentionPurge,
 )
 from apps.compliance.records import chain_verify
 from apps.inference.hashing import canonical_json
 from apps.registry.models import AliasChange
+from apps.tenants.models import Tenant
 
 # 2: the input hashes left the content for `ComplianceReportInputHashes`; `data` has their count and SHA-256.
 REPORT_FORMAT = 2
@@ -43,9 +46,13 @@ NOT_DENIALS = (
     AccessEvent.Reason.TOTP_ENROLLED,
     AccessEvent.Reason.RECOVERY_CODE_USED,
 )
-PAYLOAD_RETENTION = "not retained"
-PAYLOAD_RETENTION_NOTE = (
-    "Inputs and outputs are never stored: the record keeps only their SHA-256 hashes and request metadata."
+PAYLOAD_NOT_RETAINED_NOTE = (
+    "Inputs and outputs are not stored: the record keeps only their SHA-256 hashes and request metadata."
+)
+PAYLOAD_RETAINED_NOTE = (
+    "Inputs and outputs are kept encrypted for {days} days after each request (keys outside the database), then "
+    "purged; compliance officers open them from the record, each opening an access event. A kept payload's "
+    "SHA-256 equals its record's."
 )
 
 Progress = Callable[[int], None]
@@ -243,10 +250,43 @@ def _section_data(groups: dict[str, list[dict[str, Any]]], **filters) -> tuple[d
         "by_version": by_version,
         "input_hash_count": counts[(None, None)],
         "input_hashes_sha256": hashlib.sha256(input_hashes).hexdigest(),
-        "payload_retention": PAYLOAD_RETENTION,
-        "payload_retention_note": PAYLOAD_RETENTION_NOTE,
+        **_payload_status(**filters),
     }
     return data, input_hashes
+
+
+def _payload_status(**filters) -> dict[str, Any]:
+    """The tenant's payload retention at report time, and how many of the period's requests still have one kept."""
+    tenant = Tenant.objects.get(schema_name=connection.schema_name)
+    kept = 0
+    if tenant.payload_retention or RetainedPayload.objects.exists():
+        where, params = _where(**filters)
+        records, payloads = InferenceRecord._meta.db_table, RetainedPayload._meta.db_table  # constant identifiers
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT count(*) FROM {payloads} JOIN {records} USING (request_id) WHERE {where}",  # noqa: S608
+                params,
+            )
+            kept = cursor.fetchone()[0]
+    if tenant.payload_retention:
+        status = f"retained encrypted for {tenant.payload_retention_days} days"
+        note = PAYLOAD_RETAINED_NOTE.format(days=tenant.payload_retention_days)
+    else:
+        status, note = "not retained", PAYLOAD_NOT_RETAINED_NOTE
+    return {"payload_retention": status, "payload_retention_note": note, "payloads_kept": kept}
+
+
+def _section_retention(*, start: datetime) -> dict[str, Any]:
+    """How long records are kept, and whether purges under that policy already took records of this period."""
+    tenant = Tenant.objects.get(schema_name=connection.schema_name)
+    latest = RetentionPurge.objects.filter(records_purged__gt=0).order_by("-pk").first()
+    purged_before = latest.newest_received_at if latest else None
+    return {
+        "record_retention_days": tenant.record_retention_days,
+        "purged_through_sequence": latest.through_sequence if latest else 0,
+        "purged_received_until": _iso(purged_before),
+        "period_partly_purged": bool(purged_before and start <= purged_before),
+    }
 
 
 def _section_failures(
@@ -296,6 +336,7 @@ def _section_chain() -> dict[str, Any]:
         "checkpoint_verified_at": _iso(result.checkpoint_at),
         "first_broken_sequence": result.first_broken_sequence,
         "problem": result.problem,
+        "purged_through": result.purged_through,
         "head_sequence": head.sequence if head else 0,
         "head_hash": head.last_hash if head else "0" * 64,
         "verified_at": _iso(timezone.now()),
@@ -336,6 +377,7 @@ def report_build(
     content["failures"] = _section_failures(groups, start=start, end=end, key_prefix=key_prefix)
     step(80)
     content["chain"] = _section_chain()
+    content["retention"] = _section_retention(start=start)
     step(100)
     return BuiltReport(content=content, input_hashes=input_hashes)
 
@@ -451,6 +493,12 @@ def report_csv_rows(*, report: ComplianceReport) -> Iterator[list[Any]]:
     yield ["key filter", content["filters"]["key_prefix"] or ""]
     yield ["generated at", content["generated_at"]]
     yield ["payload retention", content["data"]["payload_retention"]]
+    retention = content.get("retention")
+    if retention:
+        yield ["record retention days", retention["record_retention_days"]]
+        yield ["records purged through sequence", retention["purged_through_sequence"]]
+        yield ["purged records received until", retention["purged_received_until"] or ""]
+        yield ["period partly purged", "yes" if retention["period_partly_purged"] else "no"]
     yield ["chain intact", "yes" if chain["ok"] else "NO"]
     yield ["chain records checked", chain["checked"]]
     yield ["chain first broken record", chain["first_broken_sequence"] or ""]

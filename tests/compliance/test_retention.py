@@ -422,3 +422,41 @@ def test_payloads_of_one_tenant_are_invisible_to_another(cast):
         with tenant_context(cast.tenant_b):
             assert payload_read(request_id="alpha-only") is None
             assert not RetainedPayload.objects.exists()
+
+
+# --- what a report says of retention ---------------------------------------------------------------------------
+
+
+def test_a_report_after_a_purge_says_what_went_and_still_verifies(in_tenant_a):
+    from apps.compliance.reports import report_build
+
+    _append(300, 250, 10)
+    retention_purge(now=NOW)
+
+    content = report_build(start=NOW - dt.timedelta(days=400), end=NOW).content
+
+    assert content["chain"]["ok"]
+    assert content["chain"]["purged_through"] == 2
+    assert content["retention"]["purged_through_sequence"] == 2
+    assert content["retention"]["record_retention_days"] == 183
+    assert content["retention"]["period_partly_purged"] is True
+    assert content["totals"]["requests"] == 1
+    recent = report_build(start=NOW - dt.timedelta(days=30), end=NOW + dt.timedelta(seconds=1)).content
+    assert recent["retention"]["period_partly_purged"] is False
+
+
+@override_settings(PAYLOAD_ENCRYPTION_KEYS=[KEY])
+def test_a_report_says_whether_payloads_are_kept_and_for_how_many_requests(in_tenant_a):
+    from apps.compliance.reports import report_build
+
+    records = _append(1, 1, 1)
+    period = {"start": NOW - dt.timedelta(days=2), "end": NOW}
+    assert report_build(**period).content["data"]["payload_retention"] == "not retained"
+
+    retention_policy_update(in_tenant_a, record_retention_days=183, payload_retention=True, payload_retention_days=14)
+    for record in records[:2]:
+        payload_keep(request_id=record.request_id, input_body={}, output={})
+    data = report_build(**period).content["data"]
+
+    assert data["payload_retention"] == "retained encrypted for 14 days"
+    assert data["payloads_kept"] == 2
