@@ -20,8 +20,18 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "schema_name", "plan", "status", "created")
     list_filter = ("status", "plan")
     search_fields = ("name", "schema_name", "domains__domain")
-    readonly_fields = ("schema_name", "created")
-    fields = ("name", "schema_name", "plan", "status", "created")
+    # Retention is the tenant's own decision (its owners set it in the portal, audited there); staff only see it.
+    readonly_fields = ("schema_name", "created", "record_retention_days", "payload_retention", "payload_retention_days")
+    fields = (
+        "name",
+        "schema_name",
+        "plan",
+        "status",
+        "created",
+        "record_retention_days",
+        "payload_retention",
+        "payload_retention_days",
+    )
     inlines = [DomainInline]
     actions = ["suspend", "reactivate"]
 

@@ -157,3 +157,23 @@ def test_a_sign_in_without_next_on_the_public_host_lands_in_the_admin(staff, pub
     assert response.status_code == 302
     assert public_client.get(response["Location"]).status_code == 302  # on to the admin, which asks the factor
     assert public_client.get("/login/?next=/admin/")["Location"] == "/admin/login/?next=/admin/"
+
+
+def test_platform_staff_see_a_tenants_retention_but_cannot_change_it(staff_client, cast):
+    url = f"/admin/tenants/tenant/{cast.tenant_a.pk}/change/"
+    page = staff_client.get(url).content.decode()
+    staff_client.post(
+        url,
+        {
+            "name": cast.tenant_a.name,
+            "plan": cast.tenant_a.plan,
+            "status": "active",
+            "record_retention_days": "3000",
+            "domains-TOTAL_FORMS": "0",
+            "domains-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert "183" in page
+    assert 'name="record_retention_days"' not in page
+    assert Tenant.objects.get(pk=cast.tenant_a.pk).record_retention_days == 183
