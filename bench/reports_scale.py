@@ -149,9 +149,15 @@ def tenant_ready(count: int) -> Tenant:
     return tenant
 
 
-def _median_of(repeat: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+def _median_of(repeat: int, run: Callable[[], dict[str, float]]) -> dict[str, float | str]:
+    """The median of each figure over `repeat` runs, and its range as "<figure> range"."""
     runs = [run() for _ in range(repeat)]
-    return {name: statistics.median(one[name] for one in runs) for name in runs[0]}
+    medians = {name: statistics.median(one[name] for one in runs) for name in runs[0]}
+    ranges = {
+        f"{name} range": f"{min(one[name] for one in runs):.2f}-{max(one[name] for one in runs):.2f}"
+        for name in runs[0]
+    }
+    return {**medians, **ranges}
 
 
 def _build_timed(**filters) -> dict[str, float]:
@@ -235,6 +241,9 @@ def run(count: int, repeat: int) -> None:
         cells = " | ".join(f"{built[section]:.2f}" for section in sections)
         timings = " | ".join(f"{generated[step]:.2f}" for step in ("generate", "json", "csv"))
         print(f"| {name} | {built['records']:,.0f} | {cells} | {built['build']:.2f} | {timings} |")
+    print(f"\nRanges over the {repeat} runs, report_build / report_generate:")
+    for name, built, generated in rows:
+        print(f"- {name}: {built['build range']} / {generated['generate range']} s")
     print(f"\n`chain_verify` full walk of {count:,} records: {full['seconds']:.2f} s (median of {repeat})")
 
 
