@@ -438,7 +438,7 @@ class ComplianceReportAdmin(TenantOnlyAdminMixin, ReadOnlyAdminMixin, MissingIsN
     list_display = ("pk", "period_start", "period_end", "model_name", "key_prefix", "requested_by", "status", "created")
     list_filter = ("status",)
     list_select_related = ("requested_by",)
-    exclude = ("content",)  # can hold a million input hashes; the portal and the downloads show it
+    exclude = ("content",)  # the report as data: the portal page and the downloads show it readably
     show_full_result_count = False
 
 

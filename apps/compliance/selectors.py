@@ -103,7 +103,7 @@ def report_readers_allowed(user) -> bool:
 
 
 def report_list() -> QuerySet[ComplianceReport]:
-    """The current tenant's reports, newest first, without their content (it can hold a million hashes)."""
+    """The current tenant's reports, newest first, without their content (a list needs none of it)."""
     return ComplianceReport.objects.select_related("requested_by").defer("content")
 
 

@@ -308,8 +308,17 @@ def report_generate(*, report_id: int) -> ComplianceReport:
         report.status = ComplianceReport.Status.FAILED
         report.error = f"{type(exc).__name__}: {exc}"[:500]
     report.finished = timezone.now()
-    with transaction.atomic():
-        if input_hashes is not None:
-            _report_input_hashes_store(report_id=report.pk, input_hashes=input_hashes)
-        report.save(update_fields=["content", "content_sha256", "status", "progress", "error", "finished"])
+    try:
+        with transaction.atomic():
+            if input_hashes is not None:
+                _report_input_hashes_store(report_id=report.pk, input_hashes=input_hashes)
+            report.save(update_fields=["content", "content_sha256", "status", "progress", "error", "finished"])
+    except Exception as exc:  # storing failed (the database, its limits): the report must not stay "running"
+        logger.exception("Compliance report %s in schema %s could not be stored", report_id, connection.schema_name)
+        ComplianceReport.objects.filter(pk=report_id).update(
+            status=ComplianceReport.Status.FAILED,
+            error=f"storing the report failed: {type(exc).__name__}: {exc}"[:500],
+            finished=report.finished,
+        )
+        report.refresh_from_db()
     return report

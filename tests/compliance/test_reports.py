@@ -467,3 +467,21 @@ def test_a_developers_key_with_reports_read_is_still_refused(in_tenant_a, cast, 
 
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_a_report_that_cannot_be_stored_ends_failed_not_running(workload, cast, monkeypatch):
+    from django.db import DatabaseError
+
+    from apps.compliance import services
+
+    def refuse(**kwargs):
+        raise DatabaseError("value too large")
+
+    monkeypatch.setattr(services, "_report_input_hashes_store", refuse)
+    report = report_request(actor=cast.olivia, start=workload["start"], end=workload["end"])
+
+    report = report_generate(report_id=report.pk)
+
+    assert report.status == ComplianceReport.Status.FAILED
+    assert "storing the report failed" in report.error
+    assert not ComplianceReportInputHashes.objects.filter(report_id=report.pk).exists()
