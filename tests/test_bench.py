@@ -163,12 +163,23 @@ def test_fast_upstream_keeps_the_connection_and_refuses_unknown_paths(upstream):
         assert client.post(f"{upstream}/invocations", content=b"{}").json() == {"predictions": [0, 2]}
 
 
-def test_soak_judges_private_memory_not_shared_pages():
-    start = {"PostgreSQL": Memory(rss=100 * MIB, private=50 * MIB), "web": Memory(rss=400 * MIB, private=300 * MIB)}
-    end = {"PostgreSQL": Memory(rss=160 * MIB, private=52 * MIB), "web": Memory(rss=420 * MIB, private=340 * MIB)}
+def _processes(**trees: list[tuple[int, int, int]]) -> dict:
+    """tree=[(pid, rss MiB, private MiB), ...] as the soak's snapshots hold them."""
+    return {
+        (tree, pid): ("process", Memory(rss=rss * MIB, private=private * MIB))
+        for tree, members in trees.items()
+        for pid, rss, private in members
+    }
+
+
+def test_soak_judges_private_memory_of_lasting_processes():
+    start = _processes(PostgreSQL=[(1, 8, 1), (2, 20, 20)], web=[(3, 400, 300)])
+    # The checkpointer's shared buffers raise its RSS; a backend opens; a web worker's own memory grows.
+    end = _processes(PostgreSQL=[(1, 54, 1), (2, 20, 20), (4, 16, 2)], web=[(3, 420, 340)])
 
     ok, lines = tree_verdicts(start, end)
 
     assert not ok
-    assert "flat" in lines[0]  # the checkpointer's shared buffers raised RSS by 60%, not its own memory
-    assert "GREW" in lines[1]
+    assert lines["PostgreSQL"].startswith("private 21 -> 21 MiB (+0.0%, flat) in the 2 processes")
+    assert "1 new (2 MiB private)" in lines["PostgreSQL"]
+    assert "GREW" in lines["web"]
