@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVSTACK := $(PY) -m config.devstack
 
-.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict bench-openai bench-reports bench soak mlflow-ui
+.PHONY: install run worker test lint format manage shell clean bench-auth bench-predict bench-openai bench-reports bench-retention bench soak mlflow-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -90,6 +90,12 @@ bench: $(STAMP)
 #   make soak BENCH_ARGS="--minutes 30 --rate 80"
 soak: $(STAMP)
 	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- $(PY) bench/soak.py $(BENCH_ARGS)
+
+# The retention purge over a large chain (docs/benchmarks.md): a scratch tenant, loaded, purged, verified, dropped:
+#   make bench-retention BENCH_ARGS="--records 1000000 --purge-fraction 0.5"
+bench-retention: $(STAMP)
+	VAR_DIR=$${VAR_DIR:-$(CURDIR)/var/bench} $(DEVSTACK) exec -- \
+		sh -c '$(PY) manage.py migrate_schemas --noinput -v 0 && $(PY) bench/retention_scale.py $(BENCH_ARGS)'
 
 # MLflow's own UI on the portal's store, for operators (http://127.0.0.1:5050/)
 mlflow-ui: $(STAMP)
