@@ -217,7 +217,7 @@ def tree_verdicts(start: ProcessMemory, end: ProcessMemory) -> tuple[bool, dict[
         others += f"; {gone} gone" if gone else ""
         lines[tree] = (
             f"private {megabytes(before)} -> {megabytes(after)} MiB ({change:+.1%}, {verdict}) in the"
-            f" {len(kept)} processes that ran throughout{others}"
+            f" {len(kept)} process{'' if len(kept) == 1 else 'es'} that ran throughout{others}"
         )
     return ok, lines
 
