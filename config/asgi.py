@@ -1,9 +1,13 @@
-"""ASGI entry point, for servers that speak ASGI (streaming paths)."""
+"""ASGI entry point (gunicorn's default uvicorn workers): streams hold no thread, the rest runs in one hop to a
+reused thread (see `config.asgi_handler`)."""
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup(set_prefix=False)
 
-application = get_asgi_application()
+from config.asgi_handler import OneHopASGIHandler  # noqa: E402 (needs the apps loaded)
+
+application = OneHopASGIHandler()

@@ -289,6 +289,12 @@ MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "ml
 MODEL_UPLOAD_MAX_BYTES = env.int("MODEL_UPLOAD_MAX_BYTES", default=200 * 1024 * 1024)
 SERVING_SECRET_KEY = env.str("SERVING_SECRET_KEY", default="")
 
+# --- Web -----------------------------------------------------------------------------------------
+
+# Threads per ASGI web process for the synchronous part of requests (`config.asgi_handler`): a predict waits
+# on its worker's reply in one of them, so this bounds the requests a process serves at once (streams excepted).
+ASGI_THREADS = env.int("ASGI_THREADS", default=32)
+
 # --- Compliance -----------------------------------------------------------------------------------
 
 
