@@ -6,8 +6,10 @@ land in that tenant's schema. On its own it falls back to the public schema when
 carries none; `TenantTask` refuses that instead, unless a task says it works across tenants.
 """
 
+import gc
 import os
 
+from celery.signals import worker_process_init, worker_ready
 from tenant_schemas_celery.app import CeleryApp
 from tenant_schemas_celery.task import TenantTask as _SchemaSwitchingTask
 
@@ -49,3 +51,11 @@ class TenantTask(_SchemaSwitchingTask):
 app = CeleryApp("portal", task_cls=TenantTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _freeze_start_up_objects(**kwargs) -> None:
+    """As the web processes do (config/gunicorn.conf.py): start-up objects leave the collector's generations."""
+    gc.collect()
+    gc.freeze()
