@@ -37,24 +37,43 @@ def login(client: Client, user) -> Client:
     return client
 
 
-def otp_login(client: Client, user) -> Client:
-    """Log in as `login` does, then pass the second factor the way a member does: enrol an authenticator
-    (or reuse the one the user has) and type its current code on the verify page."""
+def current_totp_code(user) -> str:
+    """The current code of `user`'s authenticator in the connection's schema (one is enrolled if they have none),
+    usable at once: a code may be used once per 30 s step, and tests sign in more often than that."""
     from django_otp.oath import totp
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
+    device = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user_id=user.pk, name="Authenticator app", confirmed=True)
+    device.last_t = -1
+    device.throttle_reset()
+    code = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift)
+    return f"{code:0{device.digits}d}"
+
+
+def otp_login(client: Client, user) -> Client:
+    """Log in as `login` does, then pass the second factor the way a member does: enrol an authenticator
+    (or reuse the one the user has) and type its current code on the verify page."""
     login(client, user)
     tenant = client.get("/account/two-factor/verify/").wsgi_request.tenant
     with tenant_context(tenant):
-        device = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).first()
-        if device is None:
-            device = TOTPDevice.objects.create(user_id=user.pk, name="Authenticator app", confirmed=True)
-        device.last_t = -1  # a code may be used once per 30 s step; tests log in more often than that
-        device.throttle_reset()
-        code = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift)
-    response = client.post("/account/two-factor/verify/", {"code": f"{code:0{device.digits}d}", "next": "/admin/"})
+        code = current_totp_code(user)
+    response = client.post("/account/two-factor/verify/", {"code": code, "next": "/admin/"})
     assert response.status_code == 302, response.content[:500]
     return client
+
+
+def db_tamper(sql: str, params: list | None = None) -> None:
+    """Change the current schema's rows as the database superuser would, with the append-only triggers off."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.execute("RESET session_replication_role")
 
 
 def database_url_for_tests() -> str:

@@ -2,11 +2,9 @@
 and pass the second factor on the same pages as a tenant's staff."""
 
 from django.test import Client
-from django_otp.oath import totp
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from django_tenants.utils import get_public_schema_name, schema_context
 
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, current_totp_code
 
 
 def platform_login(client: Client, user) -> Client:
@@ -21,12 +19,7 @@ def platform_otp_login(client: Client, user) -> Client:
     made if they have none yet)."""
     platform_login(client, user)
     with schema_context(get_public_schema_name()):
-        device = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).first()
-        if device is None:
-            device = TOTPDevice.objects.create(user_id=user.pk, name="Authenticator app", confirmed=True)
-        device.last_t = -1  # a code may be used once per 30 s step; tests log in more often than that
-        device.throttle_reset()
-        code = totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift)
-    response = client.post("/account/two-factor/verify/", {"code": f"{code:0{device.digits}d}", "next": "/admin/"})
+        code = current_totp_code(user)
+    response = client.post("/account/two-factor/verify/", {"code": code, "next": "/admin/"})
     assert response.status_code == 302, response.content[:500]
     return client

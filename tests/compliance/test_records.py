@@ -18,6 +18,7 @@ from django_tenants.utils import tenant_context
 
 from apps.compliance.models import AppendOnlyError, ChainHead, InferenceRecord
 from apps.compliance.records import RECORD_FIELDS, chain_verify, record_append, record_hash
+from tests.helpers import db_tamper as _tamper
 from tests.helpers import record_fields
 
 GENESIS = "0" * 64
@@ -29,16 +30,6 @@ def _fields(**overrides) -> dict:
 
 def _append(count: int) -> list[InferenceRecord]:
     return [record_append(**_fields()) for _ in range(count)]
-
-
-def _tamper(sql: str, params: list | None = None) -> None:
-    """Change the current tenant's rows as the database superuser would, with the triggers switched off."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.execute("RESET session_replication_role")
 
 
 def _row_hash(record: InferenceRecord) -> str:

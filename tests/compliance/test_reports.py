@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
-from django.db import connection
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
@@ -23,6 +22,7 @@ from apps.compliance.services import report_generate, report_request
 from apps.inference.hashing import canonical_json, sha256_hex
 from apps.registry.models import AliasChange, RegisteredModel
 from tests.helpers import bearer, login, otp_login, record_fields
+from tests.helpers import db_tamper as _tamper
 
 # (user, key, model, version, status, error_code, input hash) of each request in the period, minutes apart.
 WORKLOAD = [
@@ -35,15 +35,6 @@ WORKLOAD = [
     ("dave", "pk_dave02", "wine", 1, "ok", "", "6" * 64),
 ]
 INPUT_HASHES = sorted({row[6] for row in WORKLOAD})
-
-
-def _tamper(sql: str, params: list | None = None) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.execute("RESET session_replication_role")
 
 
 @pytest.fixture

@@ -11,17 +11,8 @@ from apps.compliance.models import ChainCheckpoint
 from apps.compliance.records import chain_verify, record_append
 from apps.compliance.reports import report_build
 from apps.inference.hashing import sha256_hex
+from tests.helpers import db_tamper as _tamper
 from tests.helpers import record_fields
-
-
-def _tamper(sql: str, params: list | None = None) -> None:
-    """Change the current tenant's rows as the database superuser would, with the triggers switched off."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.execute("RESET session_replication_role")
 
 
 def _append(count: int) -> None:

@@ -22,6 +22,7 @@ from apps.compliance.retention import retention_policy_update, retention_purge
 from apps.compliance.tasks import purge_past_retention
 from apps.inference.hashing import sha256_hex
 from apps.tenants.models import Tenant
+from tests.helpers import db_tamper as _tamper
 from tests.helpers import record_fields
 
 NOW = timezone.now()
@@ -32,16 +33,6 @@ OTHER_KEY = "o" * 40
 def _append(*ages_in_days: float) -> list[InferenceRecord]:
     """One record per age, appended in the order given (so sequence order and age order may differ)."""
     return [record_append(**record_fields(received_at=NOW - dt.timedelta(days=age))) for age in ages_in_days]
-
-
-def _tamper(sql: str, params: list | None = None) -> None:
-    """Change rows as the database superuser would, with the append-only triggers switched off."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.execute("RESET session_replication_role")
 
 
 def _sequences() -> list[int]:

@@ -32,7 +32,7 @@ from apps.inference.hashing import sha256_hex
 from apps.registry import services as registry
 from apps.serving import services as serving
 from apps.tenants.models import Tenant
-from tests.helpers import free_port, start_model_server
+from tests.helpers import db_tamper, free_port, start_model_server
 from tests.registry.test_registry_api import zipped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,10 +373,8 @@ def test_the_live_chain_verifies_and_catches_an_edit(stack, as_db):
     call_command("verify_audit_chain", "--tenant", stack.tenant.schema_name, stdout=out)
     assert "ok" in out.getvalue().lower()
 
-    with tenant_context(stack.tenant), connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute("UPDATE compliance_inferencerecord SET model_version = 7 WHERE sequence = 2")
-        cursor.execute("RESET session_replication_role")
+    with tenant_context(stack.tenant):
+        db_tamper("UPDATE compliance_inferencerecord SET model_version = 7 WHERE sequence = 2")
     connection.set_schema_to_public()
 
     with pytest.raises(CommandError) as error:
