@@ -209,7 +209,7 @@ _HEX_LIST_BYTES = b'0123456789abcdef[",]'
 _LIST_SQL = """coalesce('["' || string_agg(digest, '","' ORDER BY digest) || '"]', '[]')"""
 
 
-def _section_data(groups: dict[str, list[dict[str, Any]]], **filters) -> tuple[dict[str, Any], bytes]:
+def _section_data(groups: dict[str, list[dict[str, Any]]], tenant: Tenant, **filters) -> tuple[dict[str, Any], bytes]:
     """Distinct inputs per version, and the sorted distinct input hashes as canonical JSON, from one sort.
 
     The period's distinct (hash, model, version) triples are sorted by hash once; the per-version counts and the
@@ -250,14 +250,13 @@ def _section_data(groups: dict[str, list[dict[str, Any]]], **filters) -> tuple[d
         "by_version": by_version,
         "input_hash_count": counts[(None, None)],
         "input_hashes_sha256": hashlib.sha256(input_hashes).hexdigest(),
-        **_payload_status(**filters),
+        **_payload_status(tenant, **filters),
     }
     return data, input_hashes
 
 
-def _payload_status(**filters) -> dict[str, Any]:
+def _payload_status(tenant: Tenant, **filters) -> dict[str, Any]:
     """The tenant's payload retention at report time, and how many of the period's requests still have one kept."""
-    tenant = Tenant.objects.get(schema_name=connection.schema_name)
     kept = 0
     if tenant.payload_retention or RetainedPayload.objects.exists():
         where, params = _where(**filters)
@@ -276,9 +275,8 @@ def _payload_status(**filters) -> dict[str, Any]:
     return {"payload_retention": status, "payload_retention_note": note, "payloads_kept": kept}
 
 
-def _section_retention(*, start: datetime) -> dict[str, Any]:
+def _section_retention(tenant: Tenant, *, start: datetime) -> dict[str, Any]:
     """How long records are kept, and whether purges under that policy already took records of this period."""
-    tenant = Tenant.objects.get(schema_name=connection.schema_name)
     latest = RetentionPurge.objects.filter(records_purged__gt=0).order_by("-pk").first()
     purged_before = latest.newest_received_at if latest else None
     return {
@@ -359,6 +357,8 @@ def report_build(
     filters = {"start": start, "end": end, "model_name": model_name, "key_prefix": key_prefix}
     groups = _groupings(**filters)
     totals = groups["totals"][0] if groups["totals"] else {"requests": 0, "ok": 0, "refused": 0}
+    # The retention policy as stored now: the connection's tenant may be a cached copy.
+    tenant = Tenant.objects.get(schema_name=connection.schema_name)
     content: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "tenant": connection.schema_name,
@@ -372,12 +372,12 @@ def report_build(
     step(30)
     content["versions"] = _section_versions(groups, start=start, end=end, model_name=model_name)
     step(50)
-    content["data"], input_hashes = _section_data(groups, **filters)
+    content["data"], input_hashes = _section_data(groups, tenant, **filters)
     step(70)
     content["failures"] = _section_failures(groups, start=start, end=end, key_prefix=key_prefix)
     step(80)
     content["chain"] = _section_chain()
-    content["retention"] = _section_retention(start=start)
+    content["retention"] = _section_retention(tenant, start=start)
     step(100)
     return BuiltReport(content=content, input_hashes=input_hashes)
 

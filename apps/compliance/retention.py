@@ -67,11 +67,10 @@ def _run_verify(*, after: int, after_hash: str, through: int) -> _Run:
 
     rows = record_rows().filter(sequence__gt=after, sequence__lte=through).iterator(chunk_size=5000)
     broken, expected, last_hash, count = segment_walk(rows, expected=after + 1, prev_hash=after_hash, each=each)
-    if broken is None and expected != through + 1:
-        broken_problem = f"records {expected} to {through} missing before the purge"
-        return _Run(problem=broken_problem)
     if broken is not None:
         return _Run(problem=broken.problem)
+    if expected != through + 1:
+        return _Run(problem=f"records {expected} to {through} missing before the purge")
     return _Run(
         first_sequence=after + 1,
         through_sequence=through,
