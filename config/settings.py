@@ -62,6 +62,9 @@ TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_URLCONF = "config.urls_public"
 ROOT_URLCONF = "config.urls_tenant"
 DEFAULT_NOT_FOUND_TENANT_VIEW = "apps.tenants.views.TenantNotFoundView"
+# `SET search_path` once per tenant switch (each request and task), not before every statement: django-tenants
+# re-issues it after `set_tenant`, a rollback or a new connection. One round trip to PostgreSQL a query saved.
+TENANT_LIMIT_SET_CALLS = True
 
 # Public schema: tenants, domains and platform staff. Tenant schemas: each tenant's own users,
 # groups, sessions, admin log, login attempts and audit log. Apps listed in both lists get tables
