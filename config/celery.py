@@ -9,7 +9,7 @@ carries none; `TenantTask` refuses that instead, unless a task says it works acr
 import gc
 import os
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 from tenant_schemas_celery.app import CeleryApp
 from tenant_schemas_celery.task import TenantTask as _SchemaSwitchingTask
 
@@ -59,3 +59,19 @@ def _freeze_start_up_objects(**kwargs) -> None:
     """As the web processes do (config/gunicorn.conf.py): start-up objects leave the collector's generations."""
     gc.collect()
     gc.freeze()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(sender=None, **kwargs) -> None:
+    """Django's connection hygiene of a request, around each task: `CONN_MAX_AGE` and the health check decide.
+
+    Celery's own closes every database connection before and after every task unless `CELERY_DB_REUSE_MAX` is set
+    (settings), so each task that touched the database paid for a new PostgreSQL session (a backend process
+    forked, authentication, `SET`s). Eager tasks run inside the caller's transaction and are left alone.
+    """
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

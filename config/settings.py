@@ -377,6 +377,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=3600)
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery would close each task's database connections after every task unless this is set; `config.celery` closes
+# them the way Django does after a request instead (past `CONN_MAX_AGE`, or unusable), so tasks reuse them.
+CELERY_DB_REUSE_MAX = 1_000_000
 # Workers look a task's tenant up once a minute per process, not once per task (a database query on the hot path).
 CELERY_TASK_TENANT_CACHE_SECONDS = 60
 CELERY_BEAT_SCHEDULE_FILENAME = str(env.path("CELERY_BEAT_SCHEDULE", default=BASE_DIR / "var" / "celerybeat-schedule"))

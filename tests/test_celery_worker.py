@@ -144,3 +144,25 @@ def test_beat_fan_out_clears_expired_sessions_in_every_tenant(worker, committed)
     for schema, key in keys.items():
         with schema_context(schema):
             _wait_for(lambda key=key: not Session.objects.filter(session_key=key).exists())
+
+
+def test_worker_keeps_its_database_connection_from_task_to_task(worker, committed):
+    """Celery alone would close it after every task: a new PostgreSQL session (a forked backend) each time."""
+    from tests.conftest import _cast
+
+    def worker_sessions() -> set:
+        # The worker's connection is the one whose last statement was the task's delete of expired sessions.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND query ILIKE %s",
+                ["%django_session%expire_date%"],
+            )
+            return set(cursor.fetchall())
+
+    with tenant_context(_cast[0].tenant_a):
+        clear_expired_sessions.delay().get(timeout=60)
+        after_first = _wait_for(worker_sessions, timeout=10)
+        for _ in range(2):
+            clear_expired_sessions.delay().get(timeout=60)
+        assert after_first & worker_sessions()
