@@ -1,0 +1,76 @@
+"""The Redis transport: the inference task skips kombu's unacknowledged index, every other task keeps it."""
+
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+from kombu import Connection
+
+from config.celery_transport import UNINDEXED_TASKS
+
+INFERENCE_TASK = next(iter(UNINDEXED_TASKS))
+OTHER_TASK = "apps.accounts.tasks.clear_expired_sessions"
+
+
+@pytest.fixture
+def broker():
+    queue_name = f"test.transport.{uuid.uuid4().hex[:8]}"
+    with Connection(settings.CELERY_BROKER_URL, transport="config.celery_transport:Transport") as connection:
+        queue = connection.SimpleQueue(queue_name)
+        yield connection, queue
+        queue.clear()
+        queue.close()
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+def _waiting(queue) -> int:
+    return _client().llen(queue.queue.name)
+
+
+def _indexed(tag: str) -> bool:
+    client = _client()
+    return bool(client.hexists("unacked", tag)) or client.zscore("unacked_index", tag) is not None
+
+
+def test_inference_message_is_not_indexed_and_acks_without_it(broker):
+    connection, queue = broker
+    queue.put({"n": 1}, headers={"task": INFERENCE_TASK})
+    message = queue.get(timeout=5)
+    assert not _indexed(message.delivery_tag)
+    message.ack()
+    assert not _indexed(message.delivery_tag)
+    assert _waiting(queue) == 0
+
+
+def test_other_tasks_keep_the_index_until_acked(broker):
+    connection, queue = broker
+    queue.put({"n": 2}, headers={"task": OTHER_TASK})
+    message = queue.get(timeout=5)
+    assert _indexed(message.delivery_tag)
+    message.ack()
+    assert not _indexed(message.delivery_tag)
+
+
+def test_unacked_inference_message_goes_back_on_its_queue_at_shutdown(broker):
+    connection, queue = broker
+    queue.put({"n": 3}, headers={"task": INFERENCE_TASK})
+    message = queue.get(timeout=5)
+    queue.consumer.channel.qos.restore_unacked()
+    again = queue.get(timeout=5)
+    assert again.payload == {"n": 3}
+    assert again.headers.get("redelivered") is True
+    again.ack()
+
+
+def test_rejected_inference_message_is_requeued_or_dropped_as_asked(broker):
+    connection, queue = broker
+    queue.put({"n": 4}, headers={"task": INFERENCE_TASK})
+    queue.get(timeout=5).reject(requeue=True)
+    again = queue.get(timeout=5)
+    assert again.payload == {"n": 4}
+    again.reject(requeue=False)
+    assert _waiting(queue) == 0
