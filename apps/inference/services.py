@@ -36,6 +36,7 @@ from apps.inference import idempotency, jobs
 from apps.inference.balancer import started_key
 from apps.inference.hashing import sha256_hex
 from apps.inference.payloads import ParsedInput, PayloadError, payload_parse
+from apps.inference.queueing import task_send
 from apps.inference.validation import signature_validate
 from apps.serving.selectors import DEFAULT_ALIAS, Route, route_resolve
 from apps.serving.services import MAX_TIMEOUT_SECONDS
@@ -420,7 +421,13 @@ def envelope_send(envelope: dict, route: Route) -> None:
     """Queue the message on the server's GPU pool; it expires, unrun, at the request's deadline."""
     from apps.inference.tasks import predict_on_worker
 
-    predict_on_worker.apply_async(args=[envelope], queue=route.queue_name, expires=envelope["deadline"])
+    task_send(
+        predict_on_worker,
+        [envelope],
+        queue=route.queue_name,
+        expires_at=envelope["deadline"],
+        argsrepr=f"[<request {envelope['request_id']} to {route.model_name}>]",
+    )
 
 
 def reply_wait(state: _Request, deadline: float) -> dict:
