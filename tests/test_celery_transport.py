@@ -18,7 +18,7 @@ def broker():
     queue_name = f"test.transport.{uuid.uuid4().hex[:8]}"
     with Connection(settings.CELERY_BROKER_URL, transport="config.celery_transport:Transport") as connection:
         queue = connection.SimpleQueue(queue_name)
-        yield connection, queue
+        yield queue
         queue.clear()
         queue.close()
 
@@ -37,7 +37,7 @@ def _indexed(tag: str) -> bool:
 
 
 def test_inference_message_is_not_indexed_and_acks_without_it(broker):
-    connection, queue = broker
+    queue = broker
     queue.put({"n": 1}, headers={"task": INFERENCE_TASK})
     message = queue.get(timeout=5)
     assert not _indexed(message.delivery_tag)
@@ -47,7 +47,7 @@ def test_inference_message_is_not_indexed_and_acks_without_it(broker):
 
 
 def test_other_tasks_keep_the_index_until_acked(broker):
-    connection, queue = broker
+    queue = broker
     queue.put({"n": 2}, headers={"task": OTHER_TASK})
     message = queue.get(timeout=5)
     assert _indexed(message.delivery_tag)
@@ -56,9 +56,9 @@ def test_other_tasks_keep_the_index_until_acked(broker):
 
 
 def test_unacked_inference_message_goes_back_on_its_queue_at_shutdown(broker):
-    connection, queue = broker
+    queue = broker
     queue.put({"n": 3}, headers={"task": INFERENCE_TASK})
-    message = queue.get(timeout=5)
+    queue.get(timeout=5)  # delivered, never acknowledged
     queue.consumer.channel.qos.restore_unacked()
     again = queue.get(timeout=5)
     assert again.payload == {"n": 3}
@@ -67,7 +67,7 @@ def test_unacked_inference_message_goes_back_on_its_queue_at_shutdown(broker):
 
 
 def test_rejected_inference_message_is_requeued_or_dropped_as_asked(broker):
-    connection, queue = broker
+    queue = broker
     queue.put({"n": 4}, headers={"task": INFERENCE_TASK})
     queue.get(timeout=5).reject(requeue=True)
     again = queue.get(timeout=5)
