@@ -13,6 +13,9 @@ from apps.serving import api as serving
 _public = {"authentication_classes": [], "permission_classes": [], "throttle_classes": []}
 
 urlpatterns = [
+    # The hot path first: Django tries patterns in order, and every miss costs a little on every request.
+    path("models/<str:name>/predict", PredictView.as_view(), name="api-model-predict"),
+    path("jobs/<str:job_id>", JobView.as_view(), name="api-job"),
     path("me", MeView.as_view(), name="api-me"),
     path("keys", KeysView.as_view(), name="api-keys"),
     path("keys/<int:key_id>", KeyDetailView.as_view(), name="api-key"),
@@ -35,8 +38,6 @@ urlpatterns = [
     path("models/<str:name>/aliases/<str:alias>", registry.AliasView.as_view(), name="api-model-alias"),
     path("models/<str:name>/promote", registry.PromoteView.as_view(), name="api-model-promote"),
     path("models/<str:name>/rollback", registry.RollbackView.as_view(), name="api-model-rollback"),
-    path("models/<str:name>/predict", PredictView.as_view(), name="api-model-predict"),
-    path("jobs/<str:job_id>", JobView.as_view(), name="api-job"),
     path("models/<str:name>/history", registry.HistoryView.as_view(), name="api-model-history"),
     path("servers", serving.ServersView.as_view(), name="api-servers"),
     path("servers/<int:server_id>", serving.ServerDetailView.as_view(), name="api-server"),

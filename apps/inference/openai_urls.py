@@ -5,8 +5,8 @@ from django.urls import path
 from apps.inference import openai_api
 
 urlpatterns = [
-    path("models", openai_api.ModelsView.as_view(), name="openai-models"),
     path("chat/completions", openai_api.ChatCompletionsView.as_view(), name="openai-chat"),
     path("completions", openai_api.CompletionsView.as_view(), name="openai-completions"),
     path("embeddings", openai_api.EmbeddingsView.as_view(), name="openai-embeddings"),
+    path("models", openai_api.ModelsView.as_view(), name="openai-models"),
 ]
