@@ -183,3 +183,32 @@ def test_soak_judges_private_memory_of_lasting_processes():
     assert lines["PostgreSQL"].startswith("private 21 -> 21 MiB (+0.0%, flat) in the 2 processes")
     assert "1 new (2 MiB private)" in lines["PostgreSQL"]
     assert "GREW" in lines["web"]
+
+
+def test_cpu_of_a_child_that_ends_mid_run_stays_counted_in_its_tree(tmp_path):
+    import psutil
+
+    from bench.common import CpuMeter
+
+    done = tmp_path / "child-ended"
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    parent_script = (
+        "import pathlib, subprocess, sys, time\n"
+        "time.sleep(0.5)\n"
+        f"subprocess.run([sys.executable, '-c', {burn!r}])\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+        "time.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_script])
+    try:
+        meter = CpuMeter({"tree": parent.pid})
+        before = meter.read()["tree"]
+        deadline = time.monotonic() + 20
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists()
+        assert not psutil.Process(parent.pid).children()  # the child ended and its parent reaped it
+        assert meter.read()["tree"] - before >= 0.3
+    finally:
+        parent.kill()
+        parent.wait()
