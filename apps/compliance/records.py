@@ -38,6 +38,7 @@ RECORD_FIELDS: tuple[str, ...] = tuple(
 REQUIRED_FIELDS = ("request_id", "model_name", "received_at", "status", "input_sha256")
 
 _FIELDS = {name: InferenceRecord._meta.get_field(name) for name in RECORD_FIELDS}
+_HEAD_ID = ChainHead.SINGLETON_ID
 
 
 @dataclass(frozen=True)
@@ -101,15 +102,35 @@ def _record_build(fields: dict) -> InferenceRecord:
     return record
 
 
-def _head_lock() -> ChainHead:
-    """The tenant's chain head, locked until the surrounding transaction ends; created on first use."""
+# The table name is the model's own, never input.
+_HEAD_LOCK_SQL = f'SELECT sequence, last_hash FROM "{ChainHead._meta.db_table}" WHERE id = %s FOR UPDATE'  # noqa: S608
+_HEAD_MOVE_SQL = f'UPDATE "{ChainHead._meta.db_table}" SET sequence = %s, last_hash = %s WHERE id = %s'  # noqa: S608
+
+
+def _head_lock() -> tuple[int, str]:
+    """The tenant's chain head (sequence, last hash), locked until the surrounding transaction ends.
+
+    Plain SQL: it runs on every append (every batch under load), and the ORM's `get_or_create` and `save` built
+    their statements anew each time. Every tenant schema's migration creates the row; it is created here only if
+    it is missing.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD_LOCK_SQL, [_HEAD_ID])
+        row = cursor.fetchone()
+    if row is not None:
+        return row
     heads = ChainHead.objects.select_for_update()
     try:
-        head, _ = heads.get_or_create(id=ChainHead.SINGLETON_ID)
+        head, _ = heads.get_or_create(id=_HEAD_ID)
     except IntegrityError:
         # Another first append created it between our read and our insert; it is committed now.
-        head = heads.get(id=ChainHead.SINGLETON_ID)
-    return head
+        head = heads.get(id=_HEAD_ID)
+    return head.sequence, head.last_hash
+
+
+def _head_move(sequence: int, last_hash: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD_MOVE_SQL, [sequence, last_hash, _HEAD_ID])
 
 
 @dataclass(eq=False)
@@ -217,8 +238,7 @@ def _already_recorded(batch: list[_Pending]) -> set[str]:
 def _chain_insert(records: list[InferenceRecord], *, recorded: set[str] = frozenset()) -> None:
     """Give each record (but those in `recorded`) its place in the chain and insert them, head locked."""
     with transaction.atomic(durable=True):
-        head = _head_lock()
-        sequence, prev_hash = head.sequence, head.last_hash
+        sequence, prev_hash = _head_lock()
         fresh, seen = [], set(recorded)
         for record in records:
             record.sequence = record.prev_hash = record.record_hash = None
@@ -233,8 +253,7 @@ def _chain_insert(records: list[InferenceRecord], *, recorded: set[str] = frozen
         if not fresh:
             return
         InferenceRecord.objects.bulk_create(fresh)
-        head.sequence, head.last_hash = sequence, prev_hash
-        head.save(update_fields=["sequence", "last_hash"])
+        _head_move(sequence, prev_hash)
 
 
 @contextmanager
