@@ -418,14 +418,13 @@ def envelope_build(
 
 
 def envelope_send(envelope: dict, route: Route) -> None:
-    """Queue the message on the server's GPU pool; it expires, unrun, at the request's deadline."""
+    """Queue the message on the server's GPU pool; a worker that takes it up past its deadline drops it unrun."""
     from apps.inference.tasks import predict_on_worker
 
     task_send(
         predict_on_worker,
         [envelope],
         queue=route.queue_name,
-        expires_at=envelope["deadline"],
         argsrepr=f"[<request {envelope['request_id']} to {route.model_name}>]",
     )
 
