@@ -23,6 +23,7 @@ import uuid
 from functools import cache
 
 import redis
+from celery import Task
 from django.conf import settings
 from django.db import connection
 
@@ -44,7 +45,7 @@ def pushes_directly() -> bool:
     return getattr(settings, "CELERY_BROKER_TRANSPORT", None) == REDIS_TRANSPORT and not options.get("global_keyprefix")
 
 
-def task_send(task, args: list, *, queue: str, argsrepr: str) -> str:
+def task_send(task: Task, args: list, *, queue: str, argsrepr: str) -> str:
     """Queue one run of `task` in the current tenant's schema; returns the task id."""
     if not pushes_directly():
         return task.apply_async(args=args, queue=queue, argsrepr=argsrepr).id
@@ -54,7 +55,7 @@ def task_send(task, args: list, *, queue: str, argsrepr: str) -> str:
     return task_id
 
 
-def task_message(task, args: list, *, task_id: str, queue: str, argsrepr: str) -> dict:
+def task_message(task: Task, args: list, *, task_id: str, queue: str, argsrepr: str) -> dict:
     """The message kombu's Redis transport stores for `task.apply_async(args, queue=queue)`."""
     body = json.dumps([args, {}, _EMBED]).encode("utf-8")
     return {
