@@ -1,11 +1,13 @@
 """The Redis transport: the inference task skips kombu's unacknowledged index, every other task keeps it."""
 
+import threading
 import uuid
 
 import pytest
 import redis
 from django.conf import settings
 from kombu import Connection
+from kombu.asynchronous import Hub, get_event_loop, set_event_loop
 
 from config.celery_transport import UNINDEXED_TASKS
 
@@ -74,3 +76,47 @@ def test_rejected_inference_message_is_requeued_or_dropped_as_asked(broker):
     assert again.payload == {"n": 4}
     again.reject(requeue=False)
     assert _waiting(queue) == 0
+
+
+class _RecordingHub(Hub):
+    """kombu's event loop, noting the calls it is asked to make soon (it is never run here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.soon = []
+
+    def call_soon(self, callback, *args):
+        self.soon.append(callback)
+        return super().call_soon(callback, *args)
+
+
+@pytest.fixture
+def event_loop_of_the_worker():
+    previous = get_event_loop()
+    hub = set_event_loop(_RecordingHub())
+    yield hub
+    set_event_loop(previous)
+    hub.close()
+
+
+@pytest.mark.parametrize("task", [INFERENCE_TASK, OTHER_TASK])
+def test_ack_that_reopens_a_full_prefetch_window_wakes_the_event_loop(broker, event_loop_of_the_worker, task):
+    queue = broker
+    qos = queue.consumer.channel.qos
+    qos.prefetch_count = 1
+    queue.put({"n": 5}, headers={"task": task})
+    message = queue.get(timeout=5)
+    assert not qos.can_consume()
+    acked_in_a_pool_thread = threading.Thread(target=message.ack)
+    acked_in_a_pool_thread.start()
+    acked_in_a_pool_thread.join()
+    assert qos.can_consume()
+    assert len(event_loop_of_the_worker.soon) == 1
+
+
+def test_ack_with_room_left_does_not_wake_the_event_loop(broker, event_loop_of_the_worker):
+    queue = broker
+    queue.consumer.channel.qos.prefetch_count = 2
+    queue.put({"n": 6}, headers={"task": INFERENCE_TASK})
+    queue.get(timeout=5).ack()
+    assert event_loop_of_the_worker.soon == []
