@@ -277,3 +277,33 @@ def test_a_server_error_is_a_failure_and_a_client_error_keeps_its_status(local_s
         adapter.predict(upstream(base, json.loads(EXAMPLE.read_text())))
 
     assert (caught.value.status_code, caught.value.message) == (422, "bad tensor")
+
+
+class HeadersHandler(_Quiet):
+    """Records the headers of each request it answers."""
+
+    seen: list[dict] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append({name.lower(): value for name, value in self.headers.items()})
+        self._answer(200, {"predictions": [1]})
+
+
+def test_json_call_sends_what_the_client_sends_with_the_servers_own_headers_on_top(local_server):
+    from apps.inference.http import http_client, upstream_send
+
+    url = local_server(HeadersHandler) + "/invocations"
+    HeadersHandler.seen.clear()
+    http_client().post(url, json={"inputs": [[1]]}, headers={"Authorization": "Bearer s3cret"}, timeout=5)
+    response = upstream_send(
+        "POST", url, json={"inputs": [[1]]}, headers={"Authorization": "Bearer s3cret"}, timeout_seconds=5
+    )
+    upstream_send("POST", url, json={"inputs": [[1]]}, headers={"Accept": "application/json"}, timeout_seconds=5)
+
+    by_client, direct, overridden = HeadersHandler.seen
+    assert response.status_code == 200
+    assert response.json() == {"predictions": [1]}
+    assert direct == by_client
+    assert direct["authorization"] == "Bearer s3cret"
+    assert overridden["accept"] == "application/json"

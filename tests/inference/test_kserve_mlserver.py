@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 
 from apps.inference.adapters import UpstreamFailed, UpstreamRejected, UpstreamRequest, adapter_for
 from apps.inference.adapters.kserve import KServeAdapter
-from apps.inference.http import http_client
+from apps.inference.http import http_client, http_transport
 from apps.inference.payloads import payload_parse
 from tests.helpers import ROOT, free_port
 
@@ -109,7 +109,8 @@ def _fresh_connection_pool() -> Iterator[None]:
     `Connection: close`, and a request that reuses it before the close lands is reset, which would leak into the
     next test as an unavailable server."""
     yield
-    http_client().close()
+    http_transport().close()
+    http_transport.cache_clear()
     http_client.cache_clear()
 
 

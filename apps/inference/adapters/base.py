@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from apps.inference.http import http_client
+from apps.inference.http import upstream_send
 from apps.inference.payloads import ParsedInput
 
 MESSAGE_LIMIT = 500
@@ -116,7 +116,9 @@ def upstream_post(request: UpstreamRequest, path: str, body: dict) -> tuple[obje
     url = request.base_url.rstrip("/") + path
     started = time.perf_counter()
     try:
-        response = http_client().post(url, json=body, headers=request.headers, timeout=request.timeout_seconds)
+        response = upstream_send(
+            "POST", url, json=body, headers=request.headers, timeout_seconds=request.timeout_seconds
+        )
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise UpstreamUnavailable(f"Could not connect to the model server: {exc}", sent=False) from exc
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
