@@ -16,6 +16,19 @@ def get_redis() -> redis.Redis:
     )
 
 
+def get_broker_redis() -> redis.Redis | None:
+    """The Celery broker's Redis (the portal's own client when they are one), or None for another broker (RabbitMQ)."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return get_redis() if url == settings.REDIS_URL else _redis_at(url)
+
+
+@cache
+def _redis_at(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30, socket_connect_timeout=1, socket_timeout=2)
+
+
 @cache
 def get_redis_for_waiting() -> redis.Redis:
     """A client for blocking reads (BLPOP) that may legitimately wait up to a deployment's longest timeout."""

@@ -20,23 +20,16 @@ import json
 import os
 import socket
 import uuid
-from functools import cache
 
-import redis
 from celery import Task
 from django.conf import settings
 from django.db import connection
 
+from config.redis import get_broker_redis
+
 REDIS_TRANSPORT = "config.celery_transport:Transport"
 _HOST = socket.gethostname()
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-@cache
-def _broker_redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.CELERY_BROKER_URL, health_check_interval=30, socket_connect_timeout=1, socket_timeout=2
-    )
 
 
 def pushes_directly() -> bool:
@@ -51,7 +44,7 @@ def task_send(task: Task, args: list, *, queue: str, argsrepr: str) -> str:
         return task.apply_async(args=args, queue=queue, argsrepr=argsrepr).id
     task_id = str(uuid.uuid4())
     message = task_message(task, args, task_id=task_id, queue=queue, argsrepr=argsrepr)
-    _broker_redis().lpush(queue, json.dumps(message))
+    get_broker_redis().lpush(queue, json.dumps(message))
     return task_id
 
 

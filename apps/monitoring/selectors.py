@@ -6,12 +6,8 @@ does not block Redis) and one pipelined round trip per batch of keys.
 
 import time
 from dataclasses import dataclass
-from functools import cache
 
-import redis
-from django.conf import settings
-
-from config.redis import get_redis
+from config.redis import get_broker_redis, get_redis
 
 QUEUE_PREFIX = "pool."
 # kombu's Redis transport: `<queue>` holds priority 0, `<queue>\x06\x16<n>` the other priority steps, and
@@ -32,19 +28,6 @@ class CircuitReading:
     value: float
 
 
-@cache
-def _broker_redis_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-
-
-def _broker_redis() -> redis.Redis | None:
-    """The broker's Redis (often the portal's own), or None for a broker that is not Redis (RabbitMQ)."""
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return get_redis() if url == settings.REDIS_URL else _broker_redis_for(url)
-
-
 def _in_batches(items: list, size: int = _SCAN_COUNT):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -57,7 +40,7 @@ def queue_depths() -> dict[str, int]:
     reported with 0 instead of vanishing. Empty for a non-Redis broker: RabbitMQ exports its own queue
     metrics (its Prometheus plugin), which are the better source there.
     """
-    client = _broker_redis()
+    client = get_broker_redis()
     if client is None:
         return {}
     depths: dict[str, int] = {}

@@ -11,6 +11,7 @@ from django_tenants.utils import tenant_context
 
 from apps.inference import queueing
 from apps.inference.tasks import predict_on_worker
+from config.redis import get_broker_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -22,11 +23,11 @@ PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag"}
 def queue():
     name = f"test.queueing.{uuid.uuid4().hex[:8]}"
     yield name
-    queueing._broker_redis().delete(name)
+    get_broker_redis().delete(name)
 
 
 def _messages(queue: str) -> list[dict]:
-    return [json.loads(raw) for raw in reversed(queueing._broker_redis().lrange(queue, 0, -1))]
+    return [json.loads(raw) for raw in reversed(get_broker_redis().lrange(queue, 0, -1))]
 
 
 def _body(message: dict) -> list:
